@@ -1,0 +1,46 @@
+# Two commands a user needs: `make demo` (set up + run the offline study) and `make test`.
+# Everything installs into the project-local virtual environment .venv/.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CORES ?= all
+# Debian packages the demo reads its data from (see README "What the demo is").
+DEBIAN_DATA := dataset-fashion-mnist openclipart-png gimp-data
+DATA_FILES := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz \
+              /usr/share/openclipart/png /usr/share/gimp/2.0/patterns
+
+.PHONY: setup demo test system-data lint clean-results
+
+setup: $(VENV)/.installed system-data
+
+# torch and torchvision first and pinned, so pip never replaces them with another build.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --no-deps animal-mnist==0.4
+	touch $@
+
+system-data:
+	@missing=""; for f in $(DATA_FILES); do [ -e "$$f" ] || missing="$$missing $$f"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "Installing the demo's Debian data packages: $(DEBIAN_DATA)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEBIAN_DATA) >/dev/null; \
+	  else \
+	    echo "Missing demo data:$$missing"; \
+	    echo "Install it with:  sudo apt-get install -y --no-install-recommends $(DEBIAN_DATA)"; \
+	    exit 1; \
+	  fi; \
+	fi
+
+demo: setup
+	$(BIN)/snakemake --cores $(CORES)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+clean-results:
+	rm -rf results/demo .snakemake

@@ -1,0 +1,65 @@
+"""From cached features and class text features to the score tables and the tidy metrics tables.
+
+Scores table (one per run and dataset): one row per evaluated image with ``path``, ``dataset``,
+``split``, ``role``, ``label``, ``pred`` (argmax of the cosine similarities) and one column per
+configured score (higher = more in-distribution). The ID dataset is scored on its ``val`` and ``test``
+splits; the metrics use ``test`` only (``val`` is kept for model selection).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .metrics import accuracy, detection_metrics
+from .scores import SCORES
+
+RUN_DIR = re.compile(r"shots(?P<shots>\d+)_seed(?P<seed>\d+)$")
+
+
+def score_table(global_feats: torch.Tensor, text: torch.Tensor, manifest: pd.DataFrame, scores: dict) -> pd.DataFrame:
+    """Score every evaluated row of ``manifest`` (features in manifest order) under ``scores`` config."""
+    keep = (manifest["role"] != "id") | manifest["split"].isin(["val", "test"])
+    rows = np.flatnonzero(keep.to_numpy())
+    sims = global_feats[torch.from_numpy(rows)] @ text.T
+    table = manifest.iloc[rows][["path", "dataset", "split", "role", "label"]].reset_index(drop=True)
+    table["pred"] = sims.argmax(dim=-1).numpy()
+    for column, spec in scores.items():
+        params = {k: v for k, v in spec.items() if k != "score"}
+        table[column] = SCORES[spec["score"]].fn(sims, **params).double().numpy()
+    return table
+
+
+def read_score_tables(paths: list[str | Path]) -> pd.DataFrame:
+    """Concatenate score tables, adding ``method``, ``shots``, ``seed`` from their folder names."""
+    frames = []
+    for path in map(Path, paths):
+        match = RUN_DIR.match(path.parent.name)
+        if match is None:
+            raise ValueError(f"{path}: expected .../scores/<method>/shots<K>_seed<S>/<dataset>.parquet")
+        frame = pd.read_parquet(path)
+        frame.insert(0, "method", path.parent.parent.name)
+        frame.insert(1, "shots", int(match["shots"]))
+        frame.insert(2, "seed", int(match["seed"]))
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def metrics_tables(scores: pd.DataFrame, score_columns: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Tidy detection rows (per run, score, OOD dataset; ID = ID test split) and accuracy rows."""
+    detection, acc = [], []
+    for (method, shots, seed), run in scores.groupby(["method", "shots", "seed"], sort=True):
+        id_test = run[(run["role"] == "id") & (run["split"] == "test")]
+        for dataset, part in run[run["role"] != "ood"].groupby("dataset", sort=True):
+            part = part[part["split"] == "test"] if part["role"].iloc[0] == "id" else part
+            acc.append({"method": method, "shots": shots, "seed": seed, "dataset": dataset,
+                        "role": part["role"].iloc[0], "acc": accuracy(part["label"].to_numpy(), part["pred"].to_numpy())})
+        for dataset, ood in run[run["role"] == "ood"].groupby("dataset", sort=True):
+            for column in score_columns:
+                m = detection_metrics(id_test[column].to_numpy(), ood[column].to_numpy())
+                detection.append({"method": method, "shots": shots, "seed": seed, "score": column, "dataset": dataset, **m})
+    return pd.DataFrame(detection), pd.DataFrame(acc)

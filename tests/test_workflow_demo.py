@@ -1,0 +1,133 @@
+"""The demo DAG end to end on a reduced config: outputs, metrics vs scikit-learn, image-encoder calls,
+determinism (two runs in two folders give identical metrics), and a second run that does nothing."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from sklearn.metrics import roc_auc_score, roc_curve
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+pytestmark = pytest.mark.workflow
+
+REDUCED = {
+    "data": {"sizes": {"fashion_mnist": {"train_per_class": 6, "val_per_class": 2, "test_per_class": 8},
+                       "covariate": {"n_per_class": 3}, "ood": {"n": 24}}},
+    "fewshot": {"shots": [4], "seeds": [1, 2]},
+    "train": {"epochs": 3},
+}
+
+
+def _merge(base, over):
+    for key, value in over.items():
+        base[key] = _merge(base.get(key, {}), value) if isinstance(value, dict) else value
+    return base
+
+
+def reduced_config(tmp: Path) -> Path:
+    cfg = _merge(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()), REDUCED)
+    cfg["benchmark"] = "demo_small"
+    path = tmp / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def run_snakemake(workdir: Path, config: Path, *extra: str) -> subprocess.CompletedProcess:
+    workdir.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(
+        [*SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--configfile", str(config), "--cores", "2", *extra],
+        cwd=workdir, capture_output=True, text=True, timeout=1500,
+    )
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("demo")
+    config = reduced_config(tmp)
+    runs = []
+    for name in ["run1", "run2"]:
+        proc = run_snakemake(tmp / name, config)
+        assert proc.returncode == 0, proc.stderr[-5000:]
+        runs.append(tmp / name / "results" / "demo_small")
+    return config, tmp, runs
+
+
+def test_outputs_follow_the_contract(two_runs):
+    _, _, (res, _) = two_runs
+    det = pd.read_csv(res / "metrics" / "detection.csv")
+    acc = pd.read_csv(res / "metrics" / "accuracy.csv")
+    assert list(det.columns) == ["method", "shots", "seed", "score", "dataset", "auroc", "fpr95", "fpr95_ood_pos",
+                                 "aupr_in", "aupr_out"]
+    assert list(acc.columns) == ["method", "shots", "seed", "dataset", "role", "acc"]
+    methods = {"zeroshot", "zeroshot_ensemble", "coop", "ebm"}
+    assert set(det["method"]) == methods and set(acc["method"]) == methods
+    assert set(det["score"]) == {"msp", "maxlogit", "energy", "mcm", "delta_energy"}
+    assert set(det["dataset"]) == {"animal_mnist", "digits", "clipart", "textures"}
+    # 2 zero-shot runs + 2 methods x 1 shot x 2 seeds = 6 runs; 5 scores; 4 OOD sets.
+    assert len(det) == 6 * 5 * 4 and len(acc) == 6 * 5
+    table = pd.read_parquet(res / "scores" / "coop" / "shots4_seed1" / "fashion_mnist.parquet")
+    assert {"dataset", "role", "label", "pred", "energy", "delta_energy"} <= set(table.columns)
+    index = (res / "reports" / "index.html").read_text()
+    assert "stand-in for CLIP" in index and "detection_table.html" in index
+    for report in ["detection_table", "generalization_table"]:
+        page = (res / "reports" / f"{report}.html").read_text()
+        assert "Traceback" not in page and "± " in page
+    prov = json.loads((res / "provenance.json").read_text())
+    assert prov["benchmark"] == "demo_small" and len(prov["config_sha256"]) == 64
+
+
+def test_detection_metrics_reproduced_by_sklearn(two_runs):
+    _, _, (res, _) = two_runs
+    det = pd.read_csv(res / "metrics" / "detection.csv")
+    for row in det.itertuples():
+        run = res / "scores" / row.method / f"shots{row.shots}_seed{row.seed}"
+        idt = pd.read_parquet(run / "fashion_mnist.parquet")
+        idt = idt[idt["split"] == "test"][row.score].to_numpy()
+        ood = pd.read_parquet(run / f"{row.dataset}.parquet")[row.score].to_numpy()
+        y = np.r_[np.ones(len(idt)), np.zeros(len(ood))]
+        s = np.r_[idt, ood]
+        assert row.auroc == pytest.approx(roc_auc_score(y, s), abs=1e-6)
+        fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
+        assert row.fpr95 == pytest.approx(fpr[np.searchsorted(tpr, 0.95, side="left")], abs=1e-6)
+
+
+def test_each_image_is_encoded_once(two_runs):
+    _, _, (res, _) = two_runs
+    sidecars = list((res / "features").rglob("*.npz.json"))
+    calls = sum(json.loads(p.read_text())["image_forward_count"] for p in sidecars)
+    manifests = [pd.read_csv(p) for p in (res / "manifests").glob("*.csv")]
+    unique_images = len(set(pd.concat(manifests)["path"]))
+    assert len(sidecars) == 9
+    assert calls == unique_images
+
+
+def test_same_config_gives_identical_metrics(two_runs):
+    _, _, (res1, res2) = two_runs
+    for name in ["detection.csv", "accuracy.csv"]:
+        pd.testing.assert_frame_equal(pd.read_csv(res1 / "metrics" / name), pd.read_csv(res2 / "metrics" / name),
+                                      check_exact=True)
+
+
+def test_second_run_does_nothing(two_runs):
+    config, tmp, _ = two_runs
+    proc = run_snakemake(tmp / "run1", config, "-n")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_bad_config_key_stops_before_any_job(tmp_path):
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    cfg["train"]["learning_rate"] = 0.1
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = run_snakemake(tmp_path / "w", path, "-n")
+    assert proc.returncode != 0
+    assert "config key 'train'" in proc.stderr and "learning_rate" in proc.stderr
+    assert not (tmp_path / "w" / "results").exists()

@@ -1,0 +1,49 @@
+# Shared definitions: validated config, result paths, the study's grid.
+import os
+import sys
+from pathlib import Path
+
+SRC = str(Path(workflow.basedir) / "src")
+sys.path.insert(0, SRC)
+# Jobs (scripts, papermill kernels, cluster jobs) import the library from this checkout.
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p)
+# Shell rules (papermill, nbconvert) use the interpreter running Snakemake unless a conda env
+# (--use-conda) puts its own first on PATH.
+os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+
+from deltaenergy.config import validate_config, ConfigError  # noqa: E402
+
+try:
+    _validated = validate_config(config)
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
+config.clear()
+config.update(_validated)
+
+R = f"results/{config['benchmark']}"
+BACKBONE = config["backbone"]["name"]
+ID_DATASET = config["data"]["id"]
+DATASETS = [ID_DATASET, *config["data"]["covariate"], *config["data"]["ood"]]
+SHOTS = config["fewshot"]["shots"]
+SEEDS = config["fewshot"]["seeds"]
+ZEROSHOT_METHODS = ["zeroshot", "zeroshot_ensemble"]
+TRAINED_METHODS = list(config["methods"])
+# Zero-shot runs have no shots and no seed: they are filed as shots0_seed0.
+RUNS = [(m, 0, 0) for m in ZEROSHOT_METHODS] + [
+    (m, k, s) for m in TRAINED_METHODS for k in SHOTS for s in SEEDS
+]
+
+
+def run_dir(kind, method, shots, seed):
+    return f"{R}/{kind}/{method}/shots{shots}_seed{seed}"
+
+
+def features_path(dataset):
+    return f"{R}/features/{BACKBONE}/{dataset}.npz"
+
+
+wildcard_constraints:
+    dataset="|".join(DATASETS),
+    method="|".join(ZEROSHOT_METHODS + TRAINED_METHODS),
+    shots=r"\d+",
+    seed=r"\d+",

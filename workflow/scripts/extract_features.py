@@ -1,0 +1,17 @@
+"""Encode every image of one dataset once with the configured backbone (GPU when visible)."""
+import torch
+
+from deltaenergy.backbones import build_backbone
+from deltaenergy.data.manifest import read_manifest
+from deltaenergy.features import extract_features, save_features
+from deltaenergy.logs import log_to
+
+with log_to(snakemake.log[0]):
+    torch.set_num_threads(snakemake.threads)
+    cfg = snakemake.config
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    backbone = build_backbone(cfg["backbone"]["name"], **cfg["backbone"]["options"])
+    manifest = read_manifest(snakemake.input.manifest)
+    feats = extract_features(backbone, manifest, cfg["features"]["batch_size"], device=device)
+    save_features(snakemake.output.features, feats, backbone, snakemake.input.manifest)
+    print(f"{len(manifest)} images encoded on {device}; global {feats['global'].shape}, local {feats['local'].shape}")
