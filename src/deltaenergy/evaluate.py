@@ -16,21 +16,44 @@ import pandas as pd
 import torch
 
 from .metrics import accuracy, detection_metrics
-from .scores import SCORES
+from .scores import compute_score
 
 RUN_DIR = re.compile(r"shots(?P<shots>\d+)_seed(?P<seed>\d+)$")
 
 
-def score_table(global_feats: torch.Tensor, text: torch.Tensor, manifest: pd.DataFrame, scores: dict) -> pd.DataFrame:
-    """Score every evaluated row of ``manifest`` (features in manifest order) under ``scores`` config."""
+def score_table(
+    feats: dict[str, torch.Tensor],
+    text: torch.Tensor,
+    manifest: pd.DataFrame,
+    scores: dict,
+    neg_text: torch.Tensor | None = None,
+    chunk: int = 4096,
+) -> pd.DataFrame:
+    """Score every evaluated row of ``manifest`` under the ``scores`` config.
+
+    ``feats``: cached features in manifest order, ``global`` [N, D] and optionally ``local`` [N, P, D];
+    ``text`` [K, D] class text features; ``neg_text`` [M, D] NegLabel's negative-label features. Rows are
+    processed in chunks so local similarities (chunk × P × K) never exceed memory.
+    """
     keep = (manifest["role"] != "id") | manifest["split"].isin(["val", "test"])
-    rows = np.flatnonzero(keep.to_numpy())
-    sims = global_feats[torch.from_numpy(rows)] @ text.T
-    table = manifest.iloc[rows][["path", "dataset", "split", "role", "label"]].reset_index(drop=True)
-    table["pred"] = sims.argmax(dim=-1).numpy()
-    for column, spec in scores.items():
-        params = {k: v for k, v in spec.items() if k != "score"}
-        table[column] = SCORES[spec["score"]].fn(sims, **params).double().numpy()
+    rows = torch.from_numpy(np.flatnonzero(keep.to_numpy()))
+    table = manifest.iloc[rows.numpy()][["path", "dataset", "split", "role", "label"]].reset_index(drop=True)
+    preds, columns = [], {name: [] for name in scores}
+    for part in rows.split(chunk):
+        image = feats["global"][part]
+        sims = image @ text.T
+        extras = {"image_features": image, "text_features": text}
+        if "local" in feats:
+            extras["local_sims"] = feats["local"][part] @ text.T
+        if neg_text is not None:
+            extras["neg_sims"] = image @ neg_text.T
+        preds.append(sims.argmax(dim=-1))
+        for column, spec in scores.items():
+            params = {k: v for k, v in spec.items() if k != "score"}
+            columns[column].append(compute_score(spec["score"], sims, **params, **extras))
+    table["pred"] = torch.cat(preds).numpy()
+    for column, parts in columns.items():
+        table[column] = torch.cat(parts).double().numpy()
     return table
 
 

@@ -1,8 +1,9 @@
 """Prompts: hand-written templates (zero-shot) and learnable context vectors (CoOp-style).
 
-A learned prompt for class j is ``[BOS] ctx_1 .. ctx_n  <class name> . [EOS]``: the n context vectors
-are shared by all classes (generic context) and replace the token embeddings of n placeholder tokens;
-the backbone's text tower then encodes the whole sequence. Text features are L2-normalised ``[K, D]``.
+A learned prompt for class j is ``[BOS] ctx_1 .. ctx_n <class name> . [EOS]`` (class token at the end;
+CoOp's front and middle layouts too): the n context vectors, shared by all classes (generic) or one set
+per class (class-specific), replace the token embeddings of n placeholder tokens; the backbone's text
+tower then encodes the whole sequence. Text features are L2-normalised ``[K, D]``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import open_clip
 import torch
 
-from .backbones import Backbone
+from .backbones import Backbone, Tokens
 
 PLACEHOLDER = "X"
 
@@ -29,13 +30,22 @@ def zeroshot_text_features(backbone: Backbone, classnames: list[str], templates:
     return torch.nn.functional.normalize(feats.mean(0), dim=-1)
 
 
-class PromptLearner(torch.nn.Module):
-    """Generic learnable context (CoOp) in front of each class name, on any backbone's text tower.
+POSITIONS = ("end", "middle", "front")
 
-    ``ctx_init`` (a phrase such as "a photo of a") initialises the context from that phrase's token
-    embeddings and sets n_ctx to its token count; otherwise n_ctx vectors are drawn from N(0, 0.02²)
-    with ``generator``. At initialisation from a phrase, ``forward()`` equals
-    ``backbone.encode_text([f"{ctx_init} {name}." ...])``.
+
+class PromptLearner(torch.nn.Module):
+    """Learnable context vectors (CoOp) around each class name, on any backbone's text tower.
+
+    With n context vectors ``c_1..c_n`` (h = n // 2), the prompt of class k is, by ``class_token_position``:
+    ``end`` ``[SOS] c_1..c_n name_k . [EOS]``; ``front`` ``[SOS] name_k c_1..c_n . [EOS]``; ``middle``
+    ``[SOS] c_1..c_h name_k c_h+1..c_n . [EOS]`` (CoOp's layouts). The context is shared by all classes
+    (``ctx`` ``[n, W]``) or, with ``class_specific``, one per class (``ctx`` ``[K, n, W]``).
+
+    ``ctx_init`` (a phrase such as "a photo of a") initialises every context from that phrase's token
+    embeddings and sets n to its token count; otherwise the vectors are drawn from N(0, 0.02²) with
+    ``generator``. At initialisation from phrase words ``w_1..w_n``, ``forward()`` equals
+    ``backbone.encode_text`` of "w_1..w_n {name}." (end), "{name} w_1..w_n." (front) and
+    "w_1..w_h {name} w_h+1..w_n." (middle). Sequences are trimmed to the longest prompt.
     """
 
     def __init__(
@@ -45,28 +55,79 @@ class PromptLearner(torch.nn.Module):
         n_ctx: int = 4,
         ctx_init: str | None = None,
         generator: torch.Generator | None = None,
+        class_token_position: str = "end",
+        class_specific: bool = False,
     ) -> None:
         super().__init__()
+        if class_token_position not in POSITIONS:
+            raise ValueError(f"prompt.class_token_position: {class_token_position!r} is not one of {POSITIONS}")
         self.backbone = backbone
+        self.class_token_position, self.class_specific = class_token_position, bool(class_specific)
         if ctx_init:
             init_ids = backbone.tokenize([ctx_init])
             n_ctx = int(init_ids.mask.sum()) - 2  # minus the start and end tokens
-        placeholder = " ".join([PLACEHOLDER] * n_ctx)
-        self.tokens = backbone.tokenize([f"{placeholder} {name}." for name in classnames])
+        if n_ctx < 1:
+            raise ValueError(f"prompt.n_ctx: must be >= 1, got {n_ctx} (ctx_init={ctx_init!r})")
+        self.n_ctx = n_ctx
+        self.tokens, ctx_index = self._layout(backbone, list(classnames), n_ctx, class_token_position)
         with torch.no_grad():
             embeds = backbone.token_embeddings(self.tokens.ids)
-        self.register_buffer("prefix", embeds[:, :1].clone())
-        self.register_buffer("suffix", embeds[:, 1 + n_ctx :].clone())
+        self.register_buffer("token_embeds", embeds.detach().clone())  # [K, L, W]; ctx positions overwritten
+        self.register_buffer("ctx_index", ctx_index.to(embeds.device))  # [K, n_ctx] positions of the context
+        n_cls, width = len(classnames), embeds.shape[-1]
+        shape = (n_cls, n_ctx, width) if self.class_specific else (n_ctx, width)
         if ctx_init:
             with torch.no_grad():
-                ctx = backbone.token_embeddings(init_ids.ids)[0, 1 : 1 + n_ctx].clone()
+                ctx = backbone.token_embeddings(init_ids.ids)[0, 1 : 1 + n_ctx].clone().expand(shape).clone()
         else:
-            ctx = torch.randn(n_ctx, embeds.shape[-1], generator=generator) * 0.02
-        self.ctx = torch.nn.Parameter(ctx)
+            ctx = torch.randn(shape, generator=generator) * 0.02
+        self.ctx = torch.nn.Parameter(ctx.to(embeds.device, embeds.dtype))
+
+    @staticmethod
+    def _layout(backbone: Backbone, classnames: list[str], n_ctx: int, position: str) -> tuple[Tokens, torch.Tensor]:
+        """Tokens of the placeholder prompts (trimmed to the longest) and the context positions ``[K, n_ctx]``.
+
+        The positions follow from the token counts of the parts; each whole prompt's tokens are checked
+        against them, so a class name whose tokens would merge with the prompt's raises.
+        """
+        half = n_ctx // 2
+        parts = {"end": (n_ctx, 0), "front": (0, n_ctx), "middle": (half, n_ctx - half)}[position]
+        texts = [" ".join(p for p in (" ".join([PLACEHOLDER] * parts[0]), c, " ".join([PLACEHOLDER] * parts[1])) if p)
+                 + "." for c in classnames]
+        name_tokens = backbone.tokenize(classnames)
+        try:
+            tokens = backbone.tokenize(texts)
+        except ValueError as err:
+            raise ValueError(
+                f"prompt: a class name does not fit with {n_ctx} context tokens ({err}); shorten that class name "
+                f"or lower prompt.n_ctx"
+            ) from err
+        name_len = name_tokens.mask.sum(dim=1) - 2
+        steps = torch.arange(n_ctx)
+        index = 1 + steps + torch.where(steps < parts[0], 0, name_len[:, None])  # [K, n_ctx]
+        tail = backbone.tokenize(["."])
+        placeholder = backbone.tokenize([PLACEHOLDER]).ids[0, 1]
+        for k, text in enumerate(texts):
+            n = int(name_len[k])
+            expected = torch.cat([name_tokens.ids[k, :1], torch.full((parts[0],), int(placeholder)),
+                                  name_tokens.ids[k, 1 : 1 + n], torch.full((parts[1],), int(placeholder)),
+                                  tail.ids[0, 1 : int(tail.mask[0].sum())]])
+            got = tokens.ids[k, : int(tokens.mask[k].sum())]
+            if not torch.equal(got, expected):
+                raise ValueError(
+                    f"prompt: class name {classnames[k]!r} tokenises differently inside the prompt {text!r} than "
+                    f"alone (its tokens merge with the prompt's); remove trailing punctuation or spaces from it"
+                )
+        length = int(tokens.mask.sum(dim=1).max())
+        return Tokens(ids=tokens.ids[:, :length], mask=tokens.mask[:, :length]), index.contiguous()
+
+    def prompt_embeddings(self) -> torch.Tensor:
+        """Input embeddings ``[K, L, W]`` of the prompts under the current context."""
+        n_cls, width = self.token_embeds.shape[0], self.token_embeds.shape[-1]
+        ctx = self.ctx if self.class_specific else self.ctx.unsqueeze(0).expand(n_cls, -1, -1)
+        index = self.ctx_index.unsqueeze(-1).expand(-1, -1, width)
+        return self.token_embeds.scatter(1, index, ctx.to(self.token_embeds.dtype))
 
     def forward(self) -> torch.Tensor:
         """Normalised class text features ``[K, D]`` under the current context."""
-        n_cls = self.prefix.shape[0]
-        ctx = self.ctx.unsqueeze(0).expand(n_cls, -1, -1)
-        embeds = torch.cat([self.prefix, ctx, self.suffix], dim=1)
-        return self.backbone.encode_token_embeddings(embeds, self.tokens)
+        return self.backbone.encode_token_embeddings(self.prompt_embeddings(), self.tokens)

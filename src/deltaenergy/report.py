@@ -25,8 +25,13 @@ def mean_std(frame: pd.DataFrame, by: list[str], value: str) -> pd.DataFrame:
 
 
 def format_mean_std(frame: pd.DataFrame, scale: float = 100.0, digits: int = 1) -> pd.Series:
-    """'mean ± std' strings (values scaled, e.g. to %)."""
-    return frame.apply(lambda r: f"{r['mean'] * scale:.{digits}f} ± {r['std'] * scale:.{digits}f}", axis=1)
+    """'mean ± std' strings (values scaled, e.g. to %); a single run (n = 1, e.g. zero-shot) shows its value."""
+
+    def fmt(r) -> str:
+        mean = f"{r['mean'] * scale:.{digits}f}"
+        return mean if r["n"] == 1 else f"{mean} ± {r['std'] * scale:.{digits}f}"
+
+    return frame.apply(fmt, axis=1)
 
 
 def write_index(path: str | Path, captions: dict[str, str], provenance: dict) -> None:

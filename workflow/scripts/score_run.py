@@ -2,7 +2,7 @@
 import torch
 
 from deltaenergy.backbones import build_backbone
-from deltaenergy.data.demo import FASHION_MNIST_CLASSES
+from deltaenergy.data.classes import FASHION_MNIST_CLASSES
 from deltaenergy.data.manifest import read_manifest
 from deltaenergy.evaluate import score_table
 from deltaenergy.features import load_features
@@ -25,6 +25,6 @@ with log_to(snakemake.log[0]):
             learner.ctx.copy_(torch.load(snakemake.input.prompt, map_location="cpu", weights_only=True)["ctx"])
             text = learner()
     for features, manifest, out in zip(snakemake.input.features, snakemake.input.manifests, snakemake.output):
-        table = score_table(load_features(features)["global"], text, read_manifest(manifest), cfg["scores"])
+        table = score_table(load_features(features), text, read_manifest(manifest), cfg["scores"])
         write_parquet(out, table)
         print(f"{out}: {len(table)} rows")

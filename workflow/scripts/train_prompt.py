@@ -5,7 +5,7 @@ import pandas as pd
 import torch
 
 from deltaenergy.backbones import build_backbone
-from deltaenergy.data.demo import FASHION_MNIST_CLASSES
+from deltaenergy.data.classes import FASHION_MNIST_CLASSES
 from deltaenergy.features import load_features
 from deltaenergy.io import atomic_path, write_csv
 from deltaenergy.logs import log_to

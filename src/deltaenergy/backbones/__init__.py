@@ -30,6 +30,6 @@ def build_backbone(name: str, **options) -> Backbone:
     return model
 
 
-from . import standin  # noqa: E402,F401  (registers "standin-conse")
+from . import openclip, standin  # noqa: E402,F401  (register "openclip" and "standin-conse")
 
 __all__ = ["BACKBONES", "Backbone", "Tokens", "build_backbone", "register_backbone"]

@@ -35,6 +35,7 @@ import pandas as pd
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from deltaenergy.data.classes import FASHION_MNIST_CLASSES
 from deltaenergy.data.images import load_image
 from deltaenergy.data.manifest import MANIFEST_COLUMNS, OOD_LABEL, validate_manifest
 
@@ -42,11 +43,6 @@ log = logging.getLogger(__name__)
 
 SYSTEM_DATA_ENV = "DELTAENERGY_SYSTEM_DATA"
 """Environment variable overriding the root of Debian-installed data (default ``/usr/share``)."""
-
-FASHION_MNIST_CLASSES = [
-    "t-shirt", "trouser", "pullover", "dress", "coat",
-    "sandal", "shirt", "sneaker", "bag", "ankle boot",
-]  # fmt: skip
 
 CLIPART_CATEGORIES = (
     "animals", "buildings", "electronics", "food", "plants", "science", "tools", "transportation",

@@ -40,7 +40,7 @@ def masked_energy_change(
 def coop_loss(feats, labels, text, tau, params) -> tuple[torch.Tensor, dict[str, float]]:
     """CoOp: cross-entropy of the logits ``feats @ text.T / tau``."""
     ce = F.cross_entropy(feats @ text.T / tau, labels)
-    return ce, {"ce": float(ce)}
+    return ce, {"ce": ce.item()}
 
 
 def ebm_loss(feats, labels, text, tau, params) -> tuple[torch.Tensor, dict[str, float]]:
@@ -53,7 +53,7 @@ def ebm_loss(feats, labels, text, tau, params) -> tuple[torch.Tensor, dict[str, 
         delta = delta / tau
     ebm = -params["ebm_sign"] * delta.mean()
     loss = ce + params["lambda"] * ebm
-    return loss, {"ce": float(ce), "ebm": float(ebm), "delta_energy": float(delta.mean())}
+    return loss, {"ce": ce.item(), "ebm": ebm.item(), "delta_energy": delta.mean().item()}
 
 
 LOSSES = {"coop": coop_loss, "ebm": ebm_loss}
