@@ -6,9 +6,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= all
 # Debian packages the demo reads its data from (see README "What the demo is").
-DEBIAN_DATA := dataset-fashion-mnist openclipart-png gimp-data
+DEBIAN_DATA := dataset-fashion-mnist openclipart-png gimp-data wordnet-base
 DATA_FILES := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz \
-              /usr/share/openclipart/png /usr/share/gimp/2.0/patterns
+              /usr/share/openclipart/png /usr/share/gimp/2.0/patterns /usr/share/wordnet/index.noun
 
 .PHONY: setup demo test system-data lint clean-results
 

@@ -147,7 +147,8 @@ def main(argv: list[str] | None = None) -> dict:
     write_json(path, result)
 
     print(f"N={n:,} K={args.k:,} D={args.d} P={args.patches}, float32, {result['torch_threads']} torch "
-          f"threads, {result['cpu']}, load average {load_before[0]:.2f} -> {result['loadavg_after'][0]:.2f}\n")
+          f"threads, {result['cpu']}, 1-min load average {load_before[0]:.2f} -> "
+          f"{result['loadavg_after'][0]:.2f}\n")
     print("| score | median s | min s | max s |\n|---|---:|---:|---:|")
     for r in rows:
         print(f"| {r['row']} | {r['median_s']:.3f} | {r['min_s']:.3f} | {r['max_s']:.3f} |")

@@ -142,7 +142,8 @@ def test_mining_keeps_pct_neg_fraction(toy, pct_neg):
     assert len(chosen) == feats.shape[0] == math.floor(pct_neg * len(WORDS))
     full = _reference(WORDS, np.stack([cand[w] for w in WORDS]), ids, 95.0, len(WORDS))
     assert chosen == full[: len(chosen)]
-    capped, capped_feats = mine_negative_labels(bb, ID_NAMES, WORDS, pct_neg=pct_neg, max_neg=2, progress=False)
+    capped, capped_feats = mine_negative_labels(bb, ID_NAMES, WORDS, pct_neg=pct_neg, max_neg=2,
+                                                progress=False)
     assert capped == chosen[:2] and torch.equal(capped_feats, feats[:2])
 
 

@@ -20,7 +20,8 @@ from open_clip.transformer import QuickGELU
 from PIL import Image
 
 from deltaenergy.backbones import BACKBONES, build_backbone
-from deltaenergy.backbones.openclip import OpenClipBackbone, _sha256, cached_pretrained
+from deltaenergy.backbones.openclip import OpenClipBackbone, cached_pretrained
+from deltaenergy.provenance import sha256_file
 
 TINY = Path(__file__).parent / "fixtures" / "openclip" / "tiny-vit.json"
 
@@ -45,7 +46,7 @@ def saved(tmp_path_factory) -> tuple[torch.nn.Module, Path]:
 @pytest.fixture(scope="module")
 def bb(saved) -> OpenClipBackbone:
     _, path = saved
-    return build_backbone("openclip", arch=str(TINY), checkpoint=str(path), sha256=_sha256(path))
+    return build_backbone("openclip", arch=str(TINY), checkpoint=str(path), sha256=sha256_file(path))
 
 
 def _images(seed: int, n: int, size: int = 64) -> torch.Tensor:
@@ -60,7 +61,7 @@ def test_registered_frozen_and_cache_key(bb, saved):
     assert all(torch.equal(v, reloaded[k]) for k, v in model.state_dict().items())
     assert not any(p.requires_grad for p in bb.parameters())
     key = bb.cache_key()
-    assert key["weights_sha256"] == _sha256(path) and key["quick_gelu"] is False
+    assert key["weights_sha256"] == sha256_file(path) and key["quick_gelu"] is False
     assert key["open_clip"] == f"open_clip_torch=={open_clip.__version__}" and key["pretrained"] is None
     assert "0x" not in key["preprocess"] and "Resize(size=64" in key["preprocess"] and "0.26862954" in key["preprocess"]
     assert json.dumps(key) == json.dumps(bb.cache_key())  # deterministic, JSON-serialisable
@@ -113,7 +114,7 @@ def test_local_features_follow_glmcm(bb, saved):
 
 def test_image_size_option_resizes_position_grid(saved):
     _, path = saved
-    big = OpenClipBackbone(str(TINY), checkpoint=str(path), sha256=_sha256(path), image_size=96)
+    big = OpenClipBackbone(str(TINY), checkpoint=str(path), sha256=sha256_file(path), image_size=96)
     glob, local = big.encode_images(_images(2, 2, size=96))
     assert big.image_size == 96 and glob.shape == (2, 32) and local.shape == (2, 36, 32)
     assert big.cache_key()["image_size"] == 96 and "Resize(size=96" in big.cache_key()["preprocess"]
@@ -154,7 +155,7 @@ def test_truncated_text_forward_equals_full_forward(saved, dtype):
     """Exact in float64 (1e-12); in float32 within roundoff: values 1e-6, gradients 1e-5 of their largest."""
     model, path = saved
     model = copy.deepcopy(model).to(dtype)
-    bb = OpenClipBackbone(str(TINY), checkpoint=str(path), sha256=_sha256(path)).to(dtype)
+    bb = OpenClipBackbone(str(TINY), checkpoint=str(path), sha256=sha256_file(path)).to(dtype)
     tokens = bb.tokenize(["a photo of a small dog.", "cat", "a blurry photo of the big ankle boot."])
     noise = torch.randn(3, 77, 64, generator=torch.Generator().manual_seed(3), dtype=dtype) * 0.02
     base = bb.token_embeddings(tokens.ids) + noise
@@ -192,9 +193,9 @@ def test_too_long_text_raises_naming_it(bb):
 def test_sha256_mismatch_and_missing(saved):
     _, path = saved
     wrong = "0" * 64
-    with pytest.raises(ValueError, match=rf"{path.name} has sha256 {_sha256(path)}, expected {wrong}.*re-fetch"):
+    with pytest.raises(ValueError, match=rf"{path.name} has sha256 {sha256_file(path)}, expected {wrong}.*re-fetch"):
         OpenClipBackbone(str(TINY), checkpoint=str(path), sha256=wrong)
-    with pytest.raises(ValueError, match=rf"backbone.sha256: required.*set backbone.sha256: {_sha256(path)}"):
+    with pytest.raises(ValueError, match=rf"backbone.sha256: required.*set backbone.sha256: {sha256_file(path)}"):
         OpenClipBackbone(str(TINY), checkpoint=str(path))
     with pytest.raises(FileNotFoundError, match="nothere.pt"):
         OpenClipBackbone(str(TINY), checkpoint=str(path.parent / "nothere.pt"), sha256=wrong)
@@ -211,11 +212,11 @@ def test_checkpoint_formats_load_the_same_weights(saved, tmp_path):
     safe = tmp_path / "tiny.safetensors"
     save_file({k: v.contiguous() for k, v in state.items()}, str(safe))
     for path in (wrapped, safe):
-        loaded = OpenClipBackbone(str(TINY), checkpoint=str(path), sha256=_sha256(path)).model.state_dict()
+        loaded = OpenClipBackbone(str(TINY), checkpoint=str(path), sha256=sha256_file(path)).model.state_dict()
         assert all(torch.equal(v, loaded[k]) for k, v in state.items())
     torch.save([1, 2], tmp_path / "list.pt")
     with pytest.raises(ValueError, match="list.pt is not a state dict of tensors"):
-        OpenClipBackbone(str(TINY), checkpoint=str(tmp_path / "list.pt"), sha256=_sha256(tmp_path / "list.pt"))
+        OpenClipBackbone(str(TINY), checkpoint=str(tmp_path / "list.pt"), sha256=sha256_file(tmp_path / "list.pt"))
 
 
 def test_unknown_arch_and_tag_and_no_weights():
@@ -230,7 +231,7 @@ def test_unknown_arch_and_tag_and_no_weights():
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 def test_quickgelu_refused_for_openai_weights(saved, tmp_path):
     model, path = saved
-    sha = _sha256(path)
+    sha = sha256_file(path)
     fix = "force_quick_gelu: true"
     with pytest.raises(ValueError, match=rf"backbone.arch: ViT-B-16-quickgelu or backbone.{fix}"):
         OpenClipBackbone("ViT-B-16", pretrained="openai")  # refused before any file is looked for
@@ -247,8 +248,8 @@ def test_quickgelu_refused_for_openai_weights(saved, tmp_path):
     archive = tmp_path / "tiny-jit.pt"
     torch.jit.script(_tiny_model(0, quick_gelu=True)).save(str(archive))  # OpenAI's release format
     with pytest.raises(ValueError, match=rf"TorchScript archive.*{fix}"):
-        OpenClipBackbone(str(TINY), checkpoint=str(archive), sha256=_sha256(archive))
-    quick = OpenClipBackbone(str(TINY), checkpoint=str(archive), sha256=_sha256(archive), force_quick_gelu=True)
+        OpenClipBackbone(str(TINY), checkpoint=str(archive), sha256=sha256_file(archive))
+    quick = OpenClipBackbone(str(TINY), checkpoint=str(archive), sha256=sha256_file(archive), force_quick_gelu=True)
     assert quick.cache_key()["quick_gelu"] is True
     assert isinstance(quick.model.transformer.resblocks[0].mlp.gelu, QuickGELU)
     reference = _tiny_model(1, quick_gelu=True)
@@ -257,11 +258,13 @@ def test_quickgelu_refused_for_openai_weights(saved, tmp_path):
         texts = ["a photo of a dog."]
         ref = reference.encode_text(open_clip.get_tokenizer("tiny-vit")(texts), normalize=True)
         torch.testing.assert_close(quick.encode_text(texts), ref, atol=1e-6, rtol=0)
-        assert (quick.encode_text(texts) - model.encode_text(quick.tokenize(texts).ids, normalize=True)).abs().max() > 1e-4
+        gelu = model.encode_text(quick.tokenize(texts).ids, normalize=True)
+        assert (quick.encode_text(texts) - gelu).abs().max() > 1e-4  # the activation matters
 
 
 def test_pretrained_tag_resolves_from_local_cache_only(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"ViT-B-16-quickgelu/openai are not in the local cache.*fetch_pretrained"):
+    missing = r"ViT-B-16-quickgelu/openai are not in the local cache.*fetch_pretrained"
+    with pytest.raises(FileNotFoundError, match=missing):
         OpenClipBackbone("ViT-B-16-quickgelu", pretrained="openai", cache_dir=str(tmp_path))
     repo = tmp_path / "models--timm--vit_base_patch16_clip_224.openai"
     (repo / "refs").mkdir(parents=True)
@@ -279,7 +282,7 @@ def test_arch_json_custom_text_tower_and_shape_mismatch(saved, tmp_path):
     cfg = json.loads(TINY.read_text())
     custom = tmp_path / "tiny-vit-customtext.json"
     custom.write_text(json.dumps({**cfg, "custom_text": True}))
-    bb2 = OpenClipBackbone(str(custom), checkpoint=str(path), sha256=_sha256(path))  # CLIP-format state dict
+    bb2 = OpenClipBackbone(str(custom), checkpoint=str(path), sha256=sha256_file(path))  # CLIP-format state dict
     assert isinstance(bb2.model, open_clip.CustomTextCLIP)
     texts = ["a photo of a dog.", "a cat"]
     with torch.no_grad():
@@ -288,8 +291,8 @@ def test_arch_json_custom_text_tower_and_shape_mismatch(saved, tmp_path):
 
     wider = tmp_path / "tiny-vit-wide.json"
     wider.write_text(json.dumps({**cfg, "embed_dim": 48}))
-    with pytest.raises(ValueError, match=rf"{path.name} does not fit the architecture tiny-vit-wide.*set backbone.arch"):
-        OpenClipBackbone(str(wider), checkpoint=str(path), sha256=_sha256(path))
+    with pytest.raises(ValueError, match=rf"{path.name} does not fit the architecture tiny-vit-wide.*backbone.arch"):
+        OpenClipBackbone(str(wider), checkpoint=str(path), sha256=sha256_file(path))
 
 
 def test_non_vit_needs_local_features_off():

@@ -13,9 +13,9 @@ import open_clip
 import pytest
 import torch
 
-from deltaenergy.backbones import build_backbone
-from deltaenergy.backbones.openclip import _sha256
+from deltaenergy.backbones import Backbone, Tokens, build_backbone
 from deltaenergy.prompts import PLACEHOLDER, PromptLearner
+from deltaenergy.provenance import sha256_file
 
 TINY = Path(__file__).parent / "fixtures" / "openclip" / "tiny-vit.json"
 NAMES = ["dog", "ankle boot", "T-shirt/top", "St. Bernard"]
@@ -35,7 +35,7 @@ def tiny(tmp_path_factory):
         model = open_clip.create_model(TINY.stem).eval()
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
     torch.save(model.state_dict(), path)
-    return model, build_backbone("openclip", arch=str(TINY), checkpoint=str(path), sha256=_sha256(path))
+    return model, build_backbone("openclip", arch=str(TINY), checkpoint=str(path), sha256=sha256_file(path))
 
 
 @pytest.fixture(scope="module", params=["openclip", "standin-conse"])
@@ -126,5 +126,46 @@ def test_bad_options_and_class_names(tiny):
     fits_alone = "ab " * 73  # 75 tokens with start/end: fits alone, not with 4 context tokens and "."
     with pytest.raises(ValueError, match=r"does not fit with 4 context tokens.*ab ab.*lower prompt.n_ctx"):
         PromptLearner(bb, ["cat", fits_alone.strip()])
-    with pytest.raises(ValueError, match=r"'boot\.' tokenises differently.*trailing punctuation"):
-        PromptLearner(bb, ["boot."], ctx_init="a photo of a")  # "boot.." merges into one ".." token
+
+
+class WordLevel(Backbone):
+    """A text-only stub whose tokenizer splits at spaces only, so "X." is one token (breaks front/middle)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.vocab: dict[str, int] = {}
+        self.table = torch.nn.Embedding(64, 8)
+
+    def tokenize(self, texts):
+        rows = [[1] + [self.vocab.setdefault(w, len(self.vocab) + 3) for w in t.split()] + [2] for t in texts]
+        ids = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row)
+        return Tokens(ids=ids, mask=(ids > 0).long())
+
+    def token_embeddings(self, ids):
+        return self.table(ids)
+
+    def encode_token_embeddings(self, embeds, tokens):
+        return torch.nn.functional.normalize((embeds * tokens.mask[..., None]).sum(1), dim=-1)
+
+    preprocess = _encode_images = cache_key = None
+
+
+def test_tokenizer_that_merges_the_name_with_the_context_is_refused():
+    stub = WordLevel()
+    assert PromptLearner(stub, ["ankle boot", "dog"], n_ctx=2).ctx_index.tolist() == [[1, 2], [1, 2]]
+    merged = r"'ankle boot X X\.' are not those of 'ankle boot \.'.*class_token_position: end"
+    with pytest.raises(ValueError, match=merged):
+        PromptLearner(stub, ["ankle boot", "dog"], n_ctx=2, class_token_position="front")
+
+
+def test_names_ending_in_punctuation_follow_the_equivalent_text(tiny):
+    model, bb = tiny
+    names = ["kite (bird of prey)", "boot.", "Jack-o'-lantern"]  # ")." and ".." merge into one BPE token
+    for position in ("end", "middle", "front"):
+        learner = PromptLearner(bb, names, ctx_init="a photo of a", class_token_position=position)
+        texts = [EQUIVALENT[position].format(name) for name in names]
+        with torch.no_grad():
+            ref = model.encode_text(open_clip.get_tokenizer("tiny-vit")(texts), normalize=True)
+            torch.testing.assert_close(learner(), ref, atol=1e-5, rtol=0)

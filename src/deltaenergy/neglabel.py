@@ -162,7 +162,8 @@ def mine_negative_labels(
         raise ValueError(f"percentile must be in [0, 100], got {percentile!r}")
     if not 0.0 < float(pct_neg) <= 1.0:
         raise ValueError(f"pct_neg must be in (0, 1], got {pct_neg!r}")
-    for name, value in (("batch_size", batch_size), ("max_neg", max_neg), ("max_candidates", max_candidates)):
+    counts = {"batch_size": batch_size, "max_neg": max_neg, "max_candidates": max_candidates}
+    for name, value in counts.items():
         if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     pools = _pools(words)
@@ -171,23 +172,24 @@ def mine_negative_labels(
     if max_candidates is not None and max_candidates < len(items):
         keep = np.sort(np.random.default_rng(seed).choice(len(items), int(max_candidates), replace=False))
         items = [items[i] for i in keep]
+    pool_of = np.array([pool for pool, _ in items])
+    n_keep = {pool: math.floor(float(pct_neg) * int((pool_of == pool).sum())) for pool in pools}
+    if not any(n_keep.values()):
+        raise ValueError(f"pct_neg={pct_neg} keeps no candidate of pools with sizes "
+                         f"{ {p: int((pool_of == p).sum()) for p in pools} }; raise pct_neg or add words")
     prompts = [POOL_TEMPLATES.get(pool, template).format(w) for pool, w in items]
     with torch.no_grad():
         ids = backbone.encode_text([template.format(c) for c in id_classnames]).detach().float().cpu()
-    feats = _encode(backbone, prompts, int(batch_size), progress, f"NegMining: encoding {len(prompts)} candidates")
+    desc = f"NegMining: encoding {len(prompts)} candidates"
+    feats = _encode(backbone, prompts, int(batch_size), progress, desc)
     dist = _percentiles(feats, ids, float(percentile))
 
-    pool_of = np.array([pool for pool, _ in items])
     names = np.array([w for _, w in items], dtype=np.str_)
     chosen = []
     for pool in pools:
         idx = np.flatnonzero(pool_of == pool)
-        n_keep = math.floor(float(pct_neg) * idx.size)
-        chosen.append(idx[np.lexsort((names[idx], dist[idx]))[:n_keep]])
+        chosen.append(idx[np.lexsort((names[idx], dist[idx]))[: n_keep[pool]]])
     chosen = np.concatenate(chosen)
-    if chosen.size == 0:
-        raise ValueError(f"pct_neg={pct_neg} keeps no candidate of pools with sizes "
-                         f"{ {p: int((pool_of == p).sum()) for p in pools} }; raise pct_neg or add words")
     chosen = chosen[np.lexsort((names[chosen], dist[chosen]))][:max_neg]
     return names[chosen].tolist(), feats[torch.as_tensor(chosen)]
 

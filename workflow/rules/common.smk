@@ -1,4 +1,6 @@
 # Shared definitions: validated config, result paths, the study's grid.
+# Rules pass the config slices they depend on as `params`, so changing one re-runs exactly the jobs it
+# affects (Snakemake's params rerun trigger); scripts read their settings from snakemake.params.
 import os
 import sys
 from pathlib import Path
@@ -12,6 +14,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, os.environ.get("PYTH
 os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 
 from deltaenergy.config import validate_config, ConfigError  # noqa: E402
+from deltaenergy.data.classes import ID_CLASSES  # noqa: E402
 
 try:
     _validated = validate_config(config)
@@ -36,6 +39,14 @@ RUNS = [(m, 0, 0) for m in ZEROSHOT_METHODS] + [
 
 def run_dir(kind, method, shots, seed):
     return f"{R}/{kind}/{method}/shots{shots}_seed{seed}"
+
+
+def dataset_sizes(dataset):
+    """The `data.sizes` entry of a demo dataset: its own for the ID set, its role's otherwise."""
+    sizes = config["data"]["sizes"]
+    if dataset == ID_DATASET:
+        return sizes[dataset]
+    return sizes["covariate" if dataset in config["data"]["covariate"] else "ood"]
 
 
 def features_path(dataset):

@@ -5,6 +5,9 @@ rule build_dataset:
     output:
         manifest=f"{R}/manifests/{{dataset}}.csv",
         images=directory(f"{R}/data/{{dataset}}"),
+    params:
+        sizes=lambda w: dataset_sizes(w.dataset),
+        seed=config["data"]["seed"],
     log:
         f"{R}/logs/build_dataset/{{dataset}}.log",
     benchmark:

@@ -8,6 +8,9 @@ rule extract_features:
     output:
         features=f"{R}/features/{BACKBONE}/{{dataset}}.npz",
         meta=f"{R}/features/{BACKBONE}/{{dataset}}.npz.json",
+    params:
+        backbone=config["backbone"],
+        batch_size=config["features"]["batch_size"],
     log:
         f"{R}/logs/extract_features/{{dataset}}.log",
     benchmark:

@@ -1,6 +1,31 @@
 # Scores per run and dataset from cached features, then tidy metrics tables.
 
 
+NEGLABEL_SCORES = [c for c, spec in config["scores"].items() if spec["score"] == "neglabel"]
+
+
+rule mine_negative_labels:
+    output:
+        labels=f"{R}/neglabels/{BACKBONE}/{ID_DATASET}.npz",
+        meta=f"{R}/neglabels/{BACKBONE}/{ID_DATASET}.json",
+    params:
+        neglabel=config["neglabel"],
+        backbone=config["backbone"],
+        classnames=ID_CLASSES[ID_DATASET],
+    log:
+        f"{R}/logs/mine_negative_labels.log",
+    benchmark:
+        f"{R}/benchmarks/mine_negative_labels.tsv"
+    threads: 2
+    resources:
+        mem_mb=3000,
+        runtime=60,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/mine_negative_labels.py"
+
+
 def prompt_input(w):
     if w.method in ZEROSHOT_METHODS:
         return []
@@ -12,8 +37,15 @@ rule score_run:
         features=[features_path(d) for d in DATASETS],
         manifests=expand(f"{R}/manifests/{{dataset}}.csv", dataset=DATASETS),
         prompt=prompt_input,
+        neglabels=rules.mine_negative_labels.output.labels if NEGLABEL_SCORES else [],
     output:
         [f"{R}/scores/{{method}}/shots{{shots}}_seed{{seed}}/{d}.parquet" for d in DATASETS],
+    params:
+        classnames=ID_CLASSES[ID_DATASET],
+        scores=config["scores"],
+        zeroshot=config["zeroshot"],
+        prompt=config["prompt"],
+        backbone=config["backbone"],
     log:
         f"{R}/logs/score/{{method}}/shots{{shots}}_seed{{seed}}.log",
     benchmark:
@@ -34,6 +66,8 @@ rule metrics:
     output:
         detection=f"{R}/metrics/detection.csv",
         accuracy=f"{R}/metrics/accuracy.csv",
+    params:
+        scores=list(config["scores"]),
     log:
         f"{R}/logs/metrics.log",
     benchmark:

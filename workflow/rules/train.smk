@@ -10,6 +10,11 @@ rule train_prompt:
         log=f"{R}/train/{{method}}/shots{{shots}}_seed{{seed}}/train_log.csv",
     params:
         checkpoint=lambda w: f"{run_dir('train', w.method, w.shots, w.seed)}/checkpoint.pt",
+        classnames=ID_CLASSES[ID_DATASET],
+        method=lambda w: config["methods"][w.method],
+        train=config["train"],
+        prompt=config["prompt"],
+        backbone=config["backbone"],
     log:
         f"{R}/logs/train/{{method}}/shots{{shots}}_seed{{seed}}.log",
     benchmark:

@@ -8,10 +8,10 @@ from deltaenergy.logs import log_to
 
 with log_to(snakemake.log[0]):
     torch.set_num_threads(snakemake.threads)
-    cfg = snakemake.config
+    params = snakemake.params
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    backbone = build_backbone(cfg["backbone"]["name"], **cfg["backbone"]["options"])
+    backbone = build_backbone(params.backbone["name"], **params.backbone["options"])
     manifest = read_manifest(snakemake.input.manifest)
-    feats = extract_features(backbone, manifest, cfg["features"]["batch_size"], device=device)
+    feats = extract_features(backbone, manifest, params.batch_size, device=device)
     save_features(snakemake.output.features, feats, backbone, snakemake.input.manifest)
     print(f"{len(manifest)} images encoded on {device}; global {feats['global'].shape}, local {feats['local'].shape}")

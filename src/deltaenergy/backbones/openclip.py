@@ -31,7 +31,6 @@ unable to affect it, so this equals the full-length forward.
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
 import logging
 import os
@@ -49,18 +48,11 @@ from open_clip.transformer import ResidualAttentionBlock, TextTransformer, Visio
 from PIL import Image
 
 from ..data.images import _to_rgb
+from ..provenance import config_hash, sha256_file
 from . import register_backbone
 from .base import Backbone, Tokens
 
 LOCAL_FEATURES = "GL-MCM value path of the last block, ln_post, proj (patch tokens)"
-
-
-def _sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -128,7 +120,8 @@ def cached_pretrained(arch: str, tag: str, cache_dir: str | None = None) -> Path
         repo, filename = os.path.split(hub)
         for name in _hf_filenames(filename or "open_clip_pytorch_model.bin"):
             try:
-                return Path(open_clip.pretrained.hf_hub_download(repo, name, cache_dir=cache_dir, local_files_only=True))
+                found = open_clip.pretrained.hf_hub_download(repo, name, cache_dir=cache_dir, local_files_only=True)
+                return Path(found)
             except FileNotFoundError:  # huggingface_hub's LocalEntryNotFoundError: not in the cache
                 continue
     elif url:
@@ -145,7 +138,7 @@ def cached_pretrained(arch: str, tag: str, cache_dir: str | None = None) -> Path
 def fetch_pretrained(arch: str, tag: str, cache_dir: str | None = None) -> dict:
     """Download an open_clip pretrained tag into the cache (network); return its ``path`` and ``sha256``."""
     path = open_clip.download_pretrained(_pretrained_cfg(arch, tag), cache_dir=cache_dir)
-    return {"path": str(path), "sha256": _sha256(path)}
+    return {"path": str(path), "sha256": sha256_file(path)}
 
 
 def _resolve_arch(arch: str) -> str:
@@ -246,7 +239,7 @@ class OpenClipBackbone(Backbone):
 
         if path is None:
             path = cached_pretrained(self.arch, pretrained, cache_dir)
-        found = _sha256(path)
+        found = sha256_file(path)
         if checkpoint is not None and sha256 is None:
             raise ValueError(
                 f"backbone.sha256: required with backbone.checkpoint; {path} has sha256 {found} "
@@ -284,7 +277,7 @@ class OpenClipBackbone(Backbone):
         self.model = model.to(device)
         self.pretrained, self.weights_sha256, self.quick_gelu = pretrained, found, quick_gelu
         self.embed_dim = int(cfg["embed_dim"])
-        self.config_sha256 = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()
+        self.config_sha256 = config_hash(cfg)
         self._init_text(model)
         self._init_image(model, local_features)
         self.requires_grad_(False)
