@@ -22,6 +22,7 @@ REDUCED = {
                        "covariate": {"n_per_class": 3}, "ood": {"n": 24}}},
     "fewshot": {"shots": [4], "seeds": [1, 2]},
     "train": {"epochs": 3},
+    "neglabel": {"max_candidates": 300},
 }
 
 
@@ -68,12 +69,13 @@ def test_outputs_follow_the_contract(two_runs):
     assert list(acc.columns) == ["method", "shots", "seed", "dataset", "role", "acc"]
     methods = {"zeroshot", "zeroshot_ensemble", "coop", "ebm"}
     assert set(det["method"]) == methods and set(acc["method"]) == methods
-    assert set(det["score"]) == {"msp", "maxlogit", "energy", "mcm", "delta_energy"}
+    scores = {"msp", "maxlogit", "energy", "energy_t1", "entropy", "mcm", "glmcm", "neglabel", "delta_energy"}
+    assert set(det["score"]) == scores
     assert set(det["dataset"]) == {"animal_mnist", "digits", "clipart", "textures"}
-    # 2 zero-shot runs + 2 methods x 1 shot x 2 seeds = 6 runs; 5 scores; 4 OOD sets.
-    assert len(det) == 6 * 5 * 4 and len(acc) == 6 * 5
+    # 2 zero-shot runs + 2 methods x 1 shot x 2 seeds = 6 runs; 9 score columns; 4 OOD sets.
+    assert len(det) == 6 * 9 * 4 and len(acc) == 6 * 5
     table = pd.read_parquet(res / "scores" / "coop" / "shots4_seed1" / "fashion_mnist.parquet")
-    assert {"dataset", "role", "label", "pred", "energy", "delta_energy"} <= set(table.columns)
+    assert {"dataset", "role", "label", "pred"} | scores <= set(table.columns)
     index = (res / "reports" / "index.html").read_text()
     assert "stand-in for CLIP" in index and "detection_table.html" in index
     for report in ["detection_table", "generalization_table"]:

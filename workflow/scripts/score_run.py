@@ -24,7 +24,8 @@ with log_to(snakemake.log[0]):
             learner = PromptLearner(backbone, params.classnames, params.prompt["n_ctx"], params.prompt["ctx_init"])
             learner.ctx.copy_(torch.load(snakemake.input.prompt, map_location="cpu", weights_only=True)["ctx"])
             text = learner()
-    neg_text = load_negative_labels(snakemake.input.neglabels[0])[1] if snakemake.input.neglabels else None
+    neglabels = snakemake.input.neglabels  # the mined-labels file, or empty when no neglabel score is configured
+    neg_text = load_negative_labels(neglabels)[1] if neglabels else None
     for features, manifest, out in zip(snakemake.input.features, snakemake.input.manifests, snakemake.output):
         table = score_table(load_features(features), text, read_manifest(manifest), params.scores, neg_text)
         write_parquet(out, table)
