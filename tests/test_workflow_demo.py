@@ -23,6 +23,8 @@ REDUCED = {
     "fewshot": {"shots": [4], "seeds": [1, 2]},
     "train": {"epochs": 3},
     "neglabel": {"max_candidates": 300},
+    # Every training method, at this tiny size (the default demo trains coop and ebm).
+    "methods": {"locoop": {"kind": "locoop", "lambda": 0.25, "top_k": 2}, "cocoop": {"kind": "cocoop"}},
 }
 
 
@@ -67,13 +69,13 @@ def test_outputs_follow_the_contract(two_runs):
     assert list(det.columns) == ["method", "shots", "seed", "score", "dataset", "auroc", "fpr95", "fpr95_ood_pos",
                                  "aupr_in", "aupr_out"]
     assert list(acc.columns) == ["method", "shots", "seed", "dataset", "role", "acc"]
-    methods = {"zeroshot", "zeroshot_ensemble", "coop", "ebm"}
+    methods = {"zeroshot", "zeroshot_ensemble", "coop", "ebm", "locoop", "cocoop"}
     assert set(det["method"]) == methods and set(acc["method"]) == methods
     scores = {"msp", "maxlogit", "energy", "energy_t1", "entropy", "mcm", "glmcm", "neglabel", "delta_energy"}
     assert set(det["score"]) == scores
     assert set(det["dataset"]) == {"animal_mnist", "digits", "clipart", "textures"}
-    # 2 zero-shot runs + 2 methods x 1 shot x 2 seeds = 6 runs; 9 score columns; 4 OOD sets.
-    assert len(det) == 6 * 9 * 4 and len(acc) == 6 * 5
+    # 2 zero-shot runs + 4 methods x 1 shot x 2 seeds = 10 runs; 9 score columns; 4 OOD sets.
+    assert len(det) == 10 * 9 * 4 and len(acc) == 10 * 5
     table = pd.read_parquet(res / "scores" / "coop" / "shots4_seed1" / "fashion_mnist.parquet")
     assert {"dataset", "role", "label", "pred"} | scores <= set(table.columns)
     index = (res / "reports" / "index.html").read_text()

@@ -73,6 +73,12 @@ def check_consistency(config: dict) -> None:
             f"config key 'fewshot.shots': {too_many} exceed the per-class training pool "
             f"(data.sizes.fashion_mnist.train_per_class = {pool}); lower the shots or raise the pool"
         )
+    for name, spec in config["methods"].items():
+        if spec["kind"] == "locoop" and not spec["top_k"] < n_classes:
+            raise ConfigError(
+                f"config key 'methods.{name}.top_k': {spec['top_k']} must be below the number of ID classes "
+                f"({n_classes}); the paper's 200 is for ImageNet-1k"
+            )
     for column, spec in config["scores"].items():
         if "c" in spec and not 1 <= spec["c"] <= n_classes:
             raise ConfigError(

@@ -9,6 +9,7 @@ splits; the metrics use ``test`` only (``val`` is kept for model selection).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ RUN_DIR = re.compile(r"shots(?P<shots>\d+)_seed(?P<seed>\d+)$")
 
 def score_table(
     feats: dict[str, torch.Tensor],
-    text: torch.Tensor,
+    text: torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
     manifest: pd.DataFrame,
     scores: dict,
     neg_text: torch.Tensor | None = None,
@@ -32,8 +33,11 @@ def score_table(
     """Score every evaluated row of ``manifest`` under the ``scores`` config.
 
     ``feats``: cached features in manifest order, ``global`` [N, D] and optionally ``local`` [N, P, D];
-    ``text`` [K, D] class text features; ``neg_text`` [M, D] NegLabel's negative-label features. Rows are
-    processed in chunks so local similarities (chunk × P × K) never exceed memory.
+    ``text`` [K, D] class text features, or a function of a chunk's global features [n, D] giving
+    per-image class text features [n, K, D] (CoCoOp: ``lambda f: image_conditioned_text(learner, f)``;
+    global and local similarities then use each image's own text, and ``text_features`` is not passed
+    to the scores); ``neg_text`` [M, D] NegLabel's negative-label features. Rows are processed in chunks
+    so local similarities (chunk × P × K) and per-image text (chunk × K × D) never exceed memory.
     """
     keep = (manifest["role"] != "id") | manifest["split"].isin(["val", "test"])
     rows = torch.from_numpy(np.flatnonzero(keep.to_numpy()))
@@ -41,10 +45,17 @@ def score_table(
     preds, columns = [], {name: [] for name in scores}
     for part in rows.split(chunk):
         image = feats["global"][part]
-        sims = image @ text.T
-        extras = {"image_features": image, "text_features": text}
-        if "local" in feats:
-            extras["local_sims"] = feats["local"][part] @ text.T
+        if callable(text):
+            per_image = text(image)
+            sims = torch.einsum("nd,nkd->nk", image, per_image)
+            extras = {"image_features": image}
+            if "local" in feats:
+                extras["local_sims"] = torch.einsum("npd,nkd->npk", feats["local"][part], per_image)
+        else:
+            sims = image @ text.T
+            extras = {"image_features": image, "text_features": text}
+            if "local" in feats:
+                extras["local_sims"] = feats["local"][part] @ text.T
         if neg_text is not None:
             extras["neg_sims"] = image @ neg_text.T
         preds.append(sims.argmax(dim=-1))

@@ -1,12 +1,16 @@
-"""Prompts: hand-written templates (zero-shot) and learnable context vectors (CoOp-style).
+"""Prompts: hand-written templates (zero-shot) and learnable context vectors (CoOp, CoCoOp).
 
 A learned prompt for class j is ``[BOS] ctx_1 .. ctx_n <class name> . [EOS]`` (class token at the end;
 CoOp's front and middle layouts too): the n context vectors, shared by all classes (generic) or one set
 per class (class-specific), replace the token embeddings of n placeholder tokens; the backbone's text
-tower then encodes the whole sequence. Text features are L2-normalised ``[K, D]``.
+tower then encodes the whole sequence. Text features are L2-normalised ``[K, D]``; CoCoOp's
+image-conditioned prompts give one such matrix per image, ``[B, K, D]``.
 """
 
 from __future__ import annotations
+
+import contextlib
+import math
 
 import open_clip
 import torch
@@ -121,13 +125,131 @@ class PromptLearner(torch.nn.Module):
         length = int(tokens.mask.sum(dim=1).max())
         return Tokens(ids=tokens.ids[:, :length], mask=tokens.mask[:, :length]), index.contiguous()
 
+    def class_context(self) -> torch.Tensor:
+        """The context of every class ``[K, n, W]`` (the shared one repeated when generic)."""
+        n_cls = self.token_embeds.shape[0]
+        return self.ctx if self.class_specific else self.ctx.unsqueeze(0).expand(n_cls, -1, -1)
+
+    def embed_context(self, ctx: torch.Tensor) -> torch.Tensor:
+        """Prompt input embeddings ``[..., K, L, W]`` with ``ctx`` ``[..., K, n, W]`` at the context positions."""
+        lead = ctx.shape[:-3]
+        embeds = self.token_embeds.expand(*lead, *self.token_embeds.shape)
+        index = self.ctx_index.unsqueeze(-1).expand(*lead, *ctx.shape[-3:])
+        return embeds.scatter(-2, index, ctx.to(self.token_embeds.dtype))
+
     def prompt_embeddings(self) -> torch.Tensor:
         """Input embeddings ``[K, L, W]`` of the prompts under the current context."""
-        n_cls, width = self.token_embeds.shape[0], self.token_embeds.shape[-1]
-        ctx = self.ctx if self.class_specific else self.ctx.unsqueeze(0).expand(n_cls, -1, -1)
-        index = self.ctx_index.unsqueeze(-1).expand(-1, -1, width)
-        return self.token_embeds.scatter(1, index, ctx.to(self.token_embeds.dtype))
+        return self.embed_context(self.class_context())
 
     def forward(self) -> torch.Tensor:
         """Normalised class text features ``[K, D]`` under the current context."""
         return self.backbone.encode_token_embeddings(self.prompt_embeddings(), self.tokens)
+
+    def learned_parameters(self) -> dict[str, torch.nn.Parameter]:
+        """The trained parameters by name (the optimizer's and the checkpoint's order)."""
+        return {"ctx": self.ctx}
+
+    def learned_state(self) -> dict[str, torch.Tensor]:
+        """Detached CPU copies of :meth:`learned_parameters` (what a trained prompt file holds)."""
+        return {name: p.detach().cpu().clone() for name, p in self.learned_parameters().items()}
+
+    @torch.no_grad()
+    def load_learned_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Copy a :meth:`learned_state` into this learner (same names and shapes)."""
+        params = self.learned_parameters()
+        if set(state) != set(params):
+            raise ValueError(
+                f"prompt state holds {sorted(state)} but this {type(self).__name__} learns {sorted(params)}; "
+                f"it was trained with another method kind or prompt config"
+            )
+        for name, p in params.items():
+            if state[name].shape != p.shape:
+                raise ValueError(f"prompt state {name!r}: shape {tuple(state[name].shape)} != {tuple(p.shape)} "
+                                 f"(another prompt config, e.g. prompt.n_ctx?)")
+            p.copy_(state[name])
+
+
+class ConditionalPromptLearner(PromptLearner):
+    """CoCoOp (Zhou et al. 2022): every context vector is shifted by a meta-net of the image feature.
+
+    ``ctx_i(x) = ctx_i + π(f)`` with ``π = Linear(D, D // hidden_ratio) -> ReLU -> Linear(., W)`` (D the
+    joint embedding width of the image features, W the token embedding width). ``forward(f)`` ``[B, D]``
+    gives per-image class text features ``[B, K, D]`` from one text-encoder call over B·K prompts; the
+    logits of image b are ``f_b · T(f_b)ᵀ / tau``. The meta-net weights and biases are drawn like
+    PyTorch's ``Linear`` default, U(±1/√fan_in), from ``generator`` after the context.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        classnames: list[str],
+        n_ctx: int = 4,
+        ctx_init: str | None = None,
+        generator: torch.Generator | None = None,
+        class_token_position: str = "end",
+        class_specific: bool = False,
+        hidden_ratio: int = 16,
+    ) -> None:
+        super().__init__(backbone, classnames, n_ctx, ctx_init, generator, class_token_position, class_specific)
+        dim, width = backbone.embed_dim, self.ctx.shape[-1]
+        if isinstance(hidden_ratio, bool) or int(hidden_ratio) != hidden_ratio or not 1 <= hidden_ratio <= dim:
+            raise ValueError(f"methods.<cocoop>.hidden_ratio: must be an integer in [1, {dim}] (the meta-net's "
+                             f"hidden width is {dim} // hidden_ratio), got {hidden_ratio!r}")
+        hidden = dim // int(hidden_ratio)
+        layers = [torch.nn.utils.skip_init(torch.nn.Linear, dim, hidden), torch.nn.ReLU(),
+                  torch.nn.utils.skip_init(torch.nn.Linear, hidden, width)]
+        with torch.no_grad():
+            for layer in layers[::2]:
+                bound = 1.0 / math.sqrt(layer.in_features)
+                for p in (layer.weight, layer.bias):
+                    p.copy_(torch.rand(p.shape, generator=generator) * (2 * bound) - bound)
+        self.meta_net = torch.nn.Sequential(*layers).to(self.ctx.device)
+
+    def forward(self, image_feats: torch.Tensor) -> torch.Tensor:
+        """Normalised per-image class text features ``[B, K, D]`` for image features ``[B, D]``."""
+        if image_feats.ndim != 2:
+            raise ValueError(
+                f"ConditionalPromptLearner: expected image features [B, D], got {tuple(image_feats.shape)}"
+            )
+        n_img = image_feats.shape[0]
+        shift = self.meta_net(image_feats.to(self.meta_net[0].weight.dtype))  # [B, W]
+        ctx = self.class_context().unsqueeze(0) + shift[:, None, None, :].to(self.ctx.dtype)  # [B, K, n, W]
+        embeds = self.embed_context(ctx).flatten(0, 1)  # [B*K, L, W], image-major
+        tokens = Tokens(ids=self.tokens.ids.repeat(n_img, 1), mask=self.tokens.mask.repeat(n_img, 1))
+        return self.backbone.encode_token_embeddings(embeds, tokens).unflatten(0, (n_img, -1))
+
+    def learned_parameters(self) -> dict[str, torch.nn.Parameter]:
+        """The context, then the meta-net's weights and biases."""
+        return {**super().learned_parameters(), **{f"meta_net.{k}": v for k, v in self.meta_net.named_parameters()}}
+
+
+def mixed_precision(device: torch.device | str, enabled: bool = True):
+    """bfloat16 autocast for text-encoder forwards on CUDA when ``enabled``; a no-op context elsewhere."""
+    if torch.device(device).type == "cuda" and enabled:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def image_conditioned_text(
+    learner: ConditionalPromptLearner, feats: torch.Tensor, batch_size: int = 64, amp: bool = True
+) -> torch.Tensor:
+    """Per-image class text features ``[N, K, D]`` (in ``feats``' dtype and device), ``batch_size`` images
+    per text-encoder call (B·K prompts each), under bfloat16 autocast on CUDA when ``amp``."""
+    device = learner.ctx.device
+    parts = []
+    for part in feats.split(batch_size) if len(feats) else ():
+        with mixed_precision(device, amp):
+            parts.append(learner(part.to(device)).to(feats.device, feats.dtype))
+    return torch.cat(parts) if parts else feats.new_zeros(0, learner.token_embeds.shape[0], feats.shape[-1])
+
+
+@torch.no_grad()
+def image_conditioned_sims(
+    learner: ConditionalPromptLearner, feats: torch.Tensor, batch_size: int = 64, amp: bool = True
+) -> torch.Tensor:
+    """Cosine similarities ``[N, K]``, ``s_b = f_b · T(f_b)ᵀ``, of image features ``[N, D]`` (see
+    :func:`image_conditioned_text`)."""
+    parts = [torch.einsum("bd,bkd->bk", part, image_conditioned_text(learner, part, batch_size, amp))
+             for part in feats.split(batch_size) if len(feats)]
+    return torch.cat(parts) if parts else feats.new_zeros(0, learner.token_embeds.shape[0])

@@ -42,6 +42,7 @@ rule score_run:
         [f"{R}/scores/{{method}}/shots{{shots}}_seed{{seed}}/{d}.parquet" for d in DATASETS],
     params:
         classnames=ID_CLASSES[ID_DATASET],
+        method=lambda w: config["methods"].get(w.method),
         scores=config["scores"],
         zeroshot=config["zeroshot"],
         prompt=config["prompt"],

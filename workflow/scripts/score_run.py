@@ -8,7 +8,8 @@ from deltaenergy.features import load_features
 from deltaenergy.io import write_parquet
 from deltaenergy.logs import log_to
 from deltaenergy.neglabel import load_negative_labels
-from deltaenergy.prompts import PromptLearner, template_ensemble, zeroshot_text_features
+from deltaenergy.methods.train import build_learner
+from deltaenergy.prompts import ConditionalPromptLearner, image_conditioned_text, template_ensemble, zeroshot_text_features
 
 with log_to(snakemake.log[0]):
     torch.set_num_threads(snakemake.threads)
@@ -21,9 +22,10 @@ with log_to(snakemake.log[0]):
         elif method == "zeroshot_ensemble":
             text = zeroshot_text_features(backbone, params.classnames, template_ensemble(params.zeroshot["ensemble"]))
         else:
-            learner = PromptLearner(backbone, params.classnames, params.prompt["n_ctx"], params.prompt["ctx_init"])
-            learner.ctx.copy_(torch.load(snakemake.input.prompt, map_location="cpu", weights_only=True)["ctx"])
-            text = learner()
+            learner = build_learner(backbone, params.classnames, params.method, params.prompt, seed=0)
+            learner.load_learned_state(torch.load(snakemake.input.prompt, map_location="cpu", weights_only=True)["state"])
+            # CoCoOp's class texts depend on the image: score_table calls this per chunk of image features.
+            text = (lambda f: image_conditioned_text(learner, f)) if isinstance(learner, ConditionalPromptLearner) else learner()
     neglabels = snakemake.input.neglabels  # the mined-labels file, or empty when no neglabel score is configured
     neg_text = load_negative_labels(neglabels)[1] if neglabels else None
     for features, manifest, out in zip(snakemake.input.features, snakemake.input.manifests, snakemake.output):

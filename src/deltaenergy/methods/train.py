@@ -3,9 +3,14 @@
 Schedule (CoOp/Dassl): SGD with momentum and weight decay; the first ``warmup_epochs`` run at the
 constant ``warmup_lr``; epoch e >= warmup runs at ``0.5 · lr · (1 + cos(π e / epochs))``. Each epoch
 visits every training image once in an order drawn from a generator seeded by (seed, epoch); the last
-batch may be smaller (no image is dropped). A checkpoint (context, optimizer state, log) is written
-atomically after every epoch; a rerun with the same fingerprint resumes from it and reaches the same
-final prompt as an uninterrupted run. A non-finite loss stops training with the step and loss terms.
+batch may be smaller (no image is dropped). A checkpoint (learned parameters, optimizer state, log) is
+written atomically after every epoch; a rerun with the same fingerprint resumes from it and reaches the
+same final prompt as an uninterrupted run. A non-finite loss stops training with the step and loss terms.
+
+Methods (``METHODS``, by ``kind``): the loss, whether the prompt is image-conditioned (CoCoOp: context
+plus meta-net, one text-encoder call over B·K prompts per step) and whether the loss needs local
+features (LoCoOp). On CUDA the text-encoder forward runs under bfloat16 autocast unless
+``train.amp`` is false; on CPU everything stays float32.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,8 +27,25 @@ from tqdm import tqdm
 
 from ..backbones import Backbone
 from ..io import atomic_path
-from ..prompts import PromptLearner
-from .losses import LOSSES
+from ..prompts import ConditionalPromptLearner, PromptLearner, mixed_precision
+from .losses import coop_loss, ebm_loss, locoop_loss, similarities
+
+
+@dataclass(frozen=True)
+class Method:
+    """A training method: ``loss`` (see ``losses``), image-conditioned prompts, needs local features."""
+
+    loss: Callable
+    conditional: bool = False
+    local: bool = False
+
+
+METHODS = {
+    "coop": Method(coop_loss),
+    "ebm": Method(ebm_loss),
+    "locoop": Method(locoop_loss, local=True),
+    "cocoop": Method(coop_loss, conditional=True),
+}
 
 
 class TrainingDiverged(FloatingPointError):
@@ -39,6 +63,109 @@ def epoch_lr(epoch: int, cfg: dict) -> float:
     return 0.5 * cfg["lr"] * (1.0 + math.cos(math.pi * epoch / cfg["epochs"]))
 
 
+def method_spec(method: dict) -> Method:
+    """The ``METHODS`` entry of a ``methods`` config entry; a clear error for an unknown kind."""
+    if method.get("kind") not in METHODS:
+        raise ValueError(f"methods.<method>.kind: {method.get('kind')!r} is not one of {sorted(METHODS)}")
+    return METHODS[method["kind"]]
+
+
+def build_learner(
+    backbone: Backbone, classnames: list[str], method: dict, prompt_cfg: dict, seed: int
+) -> PromptLearner:
+    """The untrained learner of ``method``: context drawn from a generator seeded with ``seed`` (then the
+    CoCoOp meta-net, ``hidden_ratio`` default 16). Scoring builds it the same way, then loads the state."""
+    options = {k: prompt_cfg[k] for k in ("class_token_position", "class_specific") if k in prompt_cfg}
+    args = (backbone, classnames, prompt_cfg["n_ctx"], prompt_cfg["ctx_init"], torch.Generator().manual_seed(seed))
+    if method_spec(method).conditional:
+        return ConditionalPromptLearner(*args, **options, hidden_ratio=method.get("hidden_ratio", 16))
+    return PromptLearner(*args, **options)
+
+
+def train_learner(
+    backbone: Backbone,
+    classnames: list[str],
+    feats: torch.Tensor,
+    labels: torch.Tensor,
+    method: dict,
+    train_cfg: dict,
+    prompt_cfg: dict,
+    seed: int,
+    checkpoint: str | Path,
+    progress: bool = True,
+    *,
+    local_feats: torch.Tensor | None = None,
+    device: str | torch.device | None = None,
+) -> tuple[PromptLearner, list[dict]]:
+    """Train the learner of ``method`` (a ``methods`` config entry); return (learner, per-step log).
+
+    ``feats`` [N, D] global features, ``labels`` [N]; ``local_feats`` [N, P, D], needed by LoCoOp (ignored
+    and not fingerprinted otherwise). ``device``: None = CUDA when available, else CPU; the learner and
+    its backbone are moved there and stay there. Save ``learner.learned_state()`` to keep the prompt.
+    """
+    spec = method_spec(method)
+    if spec.local and local_feats is None:
+        raise ValueError(f"{method['kind']}: needs local (patch) features; pass local_feats [N, P, D] "
+                         f"(the 'local' array of the feature file, rows as feats)")
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    amp = train_cfg.get("amp", True)
+    params = {k: v for k, v in method.items() if k != "kind"}
+    tau = train_cfg["tau"]
+    parts = [method, train_cfg, prompt_cfg, seed, classnames, feats.shape, float(feats.sum()), labels.tolist()]
+    if spec.local:
+        parts += [local_feats.shape, float(local_feats.sum())]
+    run_id = fingerprint(*parts, device.type)
+    learner = build_learner(backbone, classnames, method, prompt_cfg, seed).to(device)
+    optimizer = torch.optim.SGD(
+        list(learner.learned_parameters().values()),
+        lr=train_cfg["lr"], momentum=train_cfg["momentum"], weight_decay=train_cfg["weight_decay"],
+    )
+    checkpoint = Path(checkpoint)
+    start, log = 0, []
+    if checkpoint.exists():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        if state["fingerprint"] == run_id:
+            learner.load_learned_state(state["learned"])
+            optimizer.load_state_dict(state["optimizer"])
+            start, log = state["epoch"], state["log"]
+            print(f"resuming from {checkpoint} after epoch {start}")
+        else:
+            print(f"ignoring {checkpoint}: it belongs to another configuration")
+
+    feats, labels = feats.to(device), labels.to(device)
+    local = local_feats.to(device) if spec.local else None
+    n = feats.shape[0]
+    step = start * math.ceil(n / train_cfg["batch_size"])
+    for epoch in tqdm(range(start, train_cfg["epochs"]), desc=f"{method['kind']} seed {seed}", disable=not progress):
+        for group in optimizer.param_groups:
+            group["lr"] = epoch_lr(epoch, train_cfg)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        for batch in order.to(device).split(train_cfg["batch_size"]):
+            with mixed_precision(device, amp):
+                text = learner(feats[batch]) if spec.conditional else learner()
+            text = text.to(feats.dtype)
+            loss, terms = spec.loss(feats[batch], labels[batch], text, tau, params,
+                                    local=None if local is None else local[batch])
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"{method['kind']}: loss became {loss.item()} at epoch {epoch}, step {step} "
+                    f"(terms {terms}); lower train.lr or check the features for NaN/inf"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                acc = float((similarities(feats[batch], text).argmax(-1) == labels[batch]).float().mean())
+            log.append({"epoch": epoch, "step": step, "lr": optimizer.param_groups[0]["lr"],
+                        "loss": loss.item(), "acc": acc, **terms})
+            step += 1
+        state = {"fingerprint": run_id, "learned": learner.learned_state(), "optimizer": optimizer.state_dict(),
+                 "epoch": epoch + 1, "log": log}
+        with atomic_path(checkpoint) as tmp:
+            torch.save(state, tmp)
+    return learner, log
+
+
 def train_prompt(
     backbone: Backbone,
     classnames: list[str],
@@ -50,54 +177,14 @@ def train_prompt(
     seed: int,
     checkpoint: str | Path,
     progress: bool = True,
+    *,
+    local_feats: torch.Tensor | None = None,
+    device: str | torch.device | None = None,
 ) -> tuple[torch.Tensor, list[dict]]:
-    """Train the context vectors of ``method`` (a ``methods`` config entry); return (ctx, per-step log)."""
-    loss_fn = LOSSES[method["kind"]]
-    params = {k: v for k, v in method.items() if k != "kind"}
-    tau = train_cfg["tau"]
-    learner = PromptLearner(
-        backbone, classnames, prompt_cfg["n_ctx"], prompt_cfg["ctx_init"], torch.Generator().manual_seed(seed)
-    )
-    optimizer = torch.optim.SGD(
-        [learner.ctx], lr=train_cfg["lr"], momentum=train_cfg["momentum"], weight_decay=train_cfg["weight_decay"]
-    )
-    run_id = fingerprint(method, train_cfg, prompt_cfg, seed, classnames, feats.shape, float(feats.sum()), labels.tolist())
-    checkpoint = Path(checkpoint)
-    start, log = 0, []
-    if checkpoint.exists():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        if state["fingerprint"] == run_id:
-            learner.ctx.data.copy_(state["ctx"])
-            optimizer.load_state_dict(state["optimizer"])
-            start, log = state["epoch"], state["log"]
-            print(f"resuming from {checkpoint} after epoch {start}")
-        else:
-            print(f"ignoring {checkpoint}: it belongs to another configuration")
-
-    n = feats.shape[0]
-    step = start * math.ceil(n / train_cfg["batch_size"])
-    for epoch in tqdm(range(start, train_cfg["epochs"]), desc=f"{method['kind']} seed {seed}", disable=not progress):
-        for group in optimizer.param_groups:
-            group["lr"] = epoch_lr(epoch, train_cfg)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-        for batch in order.split(train_cfg["batch_size"]):
-            text = learner()
-            loss, terms = loss_fn(feats[batch], labels[batch], text, tau, params)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"{method['kind']}: loss became {float(loss)} at epoch {epoch}, step {step} "
-                    f"(terms {terms}); lower train.lr or check the features for NaN/inf"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            with torch.no_grad():
-                acc = float(((feats[batch] @ text.T).argmax(-1) == labels[batch]).float().mean())
-            log.append({"epoch": epoch, "step": step, "lr": optimizer.param_groups[0]["lr"],
-                        "loss": float(loss), "acc": acc, **terms})
-            step += 1
-        state = {"fingerprint": run_id, "ctx": learner.ctx.detach().clone(), "optimizer": optimizer.state_dict(),
-                 "epoch": epoch + 1, "log": log}
-        with atomic_path(checkpoint) as tmp:
-            torch.save(state, tmp)
-    return learner.ctx.detach().clone(), log
+    """:func:`train_learner` for methods whose whole prompt is the context; return (ctx on CPU, log)."""
+    if method_spec(method).conditional:
+        raise ValueError(f"{method['kind']}: the prompt is the context and a meta-net; call train_learner and "
+                         f"save learner.learned_state()")
+    learner, log = train_learner(backbone, classnames, feats, labels, method, train_cfg, prompt_cfg, seed,
+                                 checkpoint, progress, local_feats=local_feats, device=device)
+    return learner.ctx.detach().cpu().clone(), log
