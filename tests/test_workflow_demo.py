@@ -133,5 +133,6 @@ def test_bad_config_key_stops_before_any_job(tmp_path):
     path.write_text(yaml.safe_dump(cfg))
     proc = run_snakemake(tmp_path / "w", path, "-n")
     assert proc.returncode != 0
-    assert "config key 'train'" in proc.stderr and "learning_rate" in proc.stderr
+    output = proc.stdout + proc.stderr
+    assert "config key 'train'" in output and "learning_rate" in output
     assert not (tmp_path / "w" / "results").exists()
