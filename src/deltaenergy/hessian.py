@@ -13,7 +13,7 @@ Hessian-vector products (HVPs) come from torch.func, vmapped over blocks of vect
 If vmap fails on the model's ops (tried once per operator), the operator loops over vectors instead and
 records why in ``vmap_error``. Fused ``scaled_dot_product_attention`` kernels (the CPU flash kernel used
 by BERT/open_clip text towers) have neither forward-mode AD nor a double backward, so every derivative
-here runs with the math SDPA backend (same values, composite differentiable ops).
+here runs with the math SDPA backend (the same values up to rounding, built from differentiable ops).
 
 Modes: ``exact`` (``p <= max_exact_params``): the full H from p HVPs with basis vectors, symmetrised
 ``(H + Hᵀ)/2``. ``hutchinson``: Rademacher probes ``v`` (seeded ``torch.Generator``); trace ≈ mean vᵀHv,
@@ -36,6 +36,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 LossFn = Callable[[torch.Tensor], torch.Tensor]
 HVP_METHODS = ("rev-rev", "fwd-rev")
+# Exact mode costs p HVPs: 512 keeps a stand-in prompt's exact Hessian to seconds on 2 CPU cores and
+# sends the demo prompt (n_ctx=4, p=1536) to Hutchinson (benchmarks/bench_hessian.py).
+MAX_EXACT_PARAMS = 512
 
 
 def _differentiable_attention() -> contextlib.AbstractContextManager:
@@ -100,7 +103,7 @@ class HessianOperator:
     """
 
     def __init__(
-        self, loss_fn: LossFn, theta: torch.Tensor, chunk: int = 32, method: str = "rev-rev", name: str = "loss"
+        self, loss_fn: LossFn, theta: torch.Tensor, chunk: int = 64, method: str = "rev-rev", name: str = "loss"
     ) -> None:
         if method not in HVP_METHODS:
             raise ValueError(f"hessian: unknown HVP method {method!r}; known: {HVP_METHODS}")
@@ -157,14 +160,14 @@ def hvp(loss_fn: LossFn, theta: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 
 def batched_hvp(
-    loss_fn: LossFn, theta: torch.Tensor, vectors: torch.Tensor, chunk: int = 32, method: str = "rev-rev"
+    loss_fn: LossFn, theta: torch.Tensor, vectors: torch.Tensor, chunk: int = 64, method: str = "rev-rev"
 ) -> torch.Tensor:
     """Hessian-vector products of many vectors ``[b, p] -> [b, p]`` (row i = H v_i)."""
     return HessianOperator(loss_fn, theta, chunk, method)(vectors)
 
 
 def full_hessian(
-    loss_fn: LossFn, theta: torch.Tensor, chunk: int = 32, method: str = "rev-rev", name: str = "loss"
+    loss_fn: LossFn, theta: torch.Tensor, chunk: int = 64, method: str = "rev-rev", name: str = "loss"
 ) -> tuple[torch.Tensor, float]:
     """The symmetrised Hessian ``(H + Hᵀ)/2`` ``[p, p]`` from p HVPs, and ``max|H - Hᵀ|`` before symmetrising."""
     return _full(HessianOperator(loss_fn, theta, chunk, method, name))
@@ -191,9 +194,9 @@ def power_iteration(
 ) -> tuple[float, float, int]:
     """Dominant eigenvalue (largest |λ|, sign kept) of the symmetric operator ``op`` ``[b, p] -> [b, p]``.
 
-    Starts from ``start`` ``[p]`` (a seeded Gaussian vector in ``hessian_summary``); stops when the Rayleigh quotient changes by at most
-    ``tol·|λ|`` or after ``max_iter`` HVPs. Returns ``(λ, ||Hv - λv||, iterations)``; for symmetric H
-    some eigenvalue lies within the residual ``||Hv - λv||`` of λ.
+    Starts from ``start`` ``[p]`` (a seeded Gaussian vector in ``hessian_summary``); stops when the
+    Rayleigh quotient changes by at most ``tol·|λ|`` or after ``max_iter`` HVPs. Returns
+    ``(λ, ||Hv - λv||, iterations)``; for symmetric H some eigenvalue lies within that residual of λ.
     """
     if max_iter < 1:
         raise ValueError(f"hessian: power iteration needs max_iter >= 1, got {max_iter}")
@@ -250,12 +253,12 @@ def _mode(p: int, max_exact_params: int, n_probes: int) -> str:
 def hessian_summary(
     loss_fn: LossFn,
     theta: torch.Tensor,
-    max_exact_params: int = 512,
+    max_exact_params: int = MAX_EXACT_PARAMS,
     n_probes: int = 64,
     seed: int = 0,
     power_iters: int = 100,
     power_tol: float = 1e-5,
-    chunk: int = 32,
+    chunk: int = 64,
     method: str = "rev-rev",
     name: str = "loss",
 ) -> HessianSummary:
@@ -303,11 +306,11 @@ def hessian_consistency(
     loss_a: LossFn,
     loss_b: LossFn,
     theta: torch.Tensor,
-    max_exact_params: int = 512,
+    max_exact_params: int = MAX_EXACT_PARAMS,
     n_probes: int = 64,
     seed: int = 0,
     n_bootstrap: int = 1000,
-    chunk: int = 32,
+    chunk: int = 64,
     method: str = "rev-rev",
     names: tuple[str, str] = ("A", "B"),
 ) -> dict:
@@ -348,7 +351,8 @@ def hessian_consistency(
     boot_dist = np.sqrt(np.clip(boot[:, 3], 0, None) / boot[:, 1])
     trace_ab, trace_ab_se = _mean_se(per_probe[:, 0])
     return {
-        "mode": mode, "n_params": p, "n_probes": n_probes, "cosine": float(cosine), "cosine_se": float(boot_cos.std(ddof=1)),
+        "mode": mode, "n_params": p, "n_probes": n_probes,
+        "cosine": float(cosine), "cosine_se": float(boot_cos.std(ddof=1)),
         "distance": float(distance), "distance_se": float(boot_dist.std(ddof=1)), "trace_ab": trace_ab,
         "trace_ab_se": trace_ab_se, "frobenius_a": math.sqrt(per_probe[:, 1].mean()),
         "frobenius_b": math.sqrt(per_probe[:, 2].mean()), "asymmetry_a": None, "asymmetry_b": None,
