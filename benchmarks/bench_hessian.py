@@ -12,7 +12,8 @@ Setup (seeded): PromptLearner on ``standin-conse`` with the 10 Fashion-MNIST cla
    values as z = (estimate - exact) / SE. The crossover is the p where the exact and Hutchinson medians
    meet (linear interpolation between measured p).
 Writes benchmarks/results/hessian-<hostname>-<YYYYMMDD>.json atomically and prints markdown tables. Other
-processes on the machine inflate the numbers: the JSON records the load average before and after.
+processes on the machine inflate the numbers (several-fold: torch's threads wait on busy cores): the JSON
+records the load average before and after.
 """
 
 from __future__ import annotations
@@ -192,8 +193,10 @@ def main(argv: list[str] | None = None) -> dict:
     if cross:
         how = "extrapolated below the smallest p, exact time ∝ p" if cross["extrapolated"] else "interpolated"
         print(f"\nexact = Hutchinson at p ≈ {cross['p']:.0f} ({how})")
-    else:
+    elif both:
         print("\nexact is faster than Hutchinson at every measured p")
+    else:
+        print("\nno exact timings (every p above --exact-max-params)")
     if demo and demo[result["demo_default_mode"]]:
         mode = result["demo_default_mode"]
         print(f"demo prompt (n_ctx={args.demo_n_ctx}, p={demo['p']}): default mode {mode} "

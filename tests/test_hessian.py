@@ -203,7 +203,7 @@ def test_prompt_loss_is_the_mean_cross_entropy_and_chunking_changes_nothing(prom
 
 def test_prompt_hessian_exact_vs_hutchinson(prompt):
     *_, loss, theta, (h, asym) = prompt
-    assert 0 < asym <= 1e-4 * float(h.abs().max())
+    assert asym <= 1e-4 * float(h.abs().max())
     h = h.double().numpy()
     s = hessian_summary(loss, theta, max_exact_params=0, n_probes=64, seed=0)
     assert s.mode == "hutchinson" and s.vmap is True

@@ -11,9 +11,11 @@ Hessian-vector products (HVPs) come from torch.func, vmapped over blocks of vect
   H is symmetric (vjp gives Hᵀv = Hv).
 - ``"fwd-rev"``: ``jvp`` of ``grad`` (forward-over-reverse); every block re-runs forward and backward.
 If vmap fails on the model's ops (tried once per operator), the operator loops over vectors instead and
-records why in ``vmap_error``. Fused ``scaled_dot_product_attention`` kernels (the CPU flash kernel used
-by BERT/open_clip text towers) have neither forward-mode AD nor a double backward, so every derivative
-here runs with the math SDPA backend (the same values up to rounding, built from differentiable ops).
+records why in ``vmap_error``. On the stand-in's MiniLM (BERT, attention mask) vmap works for both
+methods; vmapped rev-rev is the fastest (benchmarks/bench_hessian.py). Fused
+``scaled_dot_product_attention`` kernels (the CPU flash kernel used by BERT/open_clip text towers) have
+neither forward-mode AD nor a double backward, so every derivative here runs with the math SDPA backend
+(the same values up to rounding, built from differentiable ops).
 
 Modes: ``exact`` (``p <= max_exact_params``): the full H from p HVPs with basis vectors, symmetrised
 ``(H + Hᵀ)/2``. ``hutchinson``: Rademacher probes ``v`` (seeded ``torch.Generator``); trace ≈ mean vᵀHv,
@@ -36,8 +38,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 LossFn = Callable[[torch.Tensor], torch.Tensor]
 HVP_METHODS = ("rev-rev", "fwd-rev")
-# Exact mode costs p HVPs: 512 keeps a stand-in prompt's exact Hessian to seconds on 2 CPU cores and
-# sends the demo prompt (n_ctx=4, p=1536) to Hutchinson (benchmarks/bench_hessian.py).
+# Exact mode costs p HVPs. Stand-in prompt, 2 quiet CPU cores (benchmarks/bench_hessian.py): exact
+# p=384 ~9 s, p=1536 ~57 s; Hutchinson (64 probes + power iteration) p=1536 ~5 s. 512 keeps n_ctx=1
+# exact and sends the demo prompt (n_ctx=4, p=1536) to Hutchinson.
 MAX_EXACT_PARAMS = 512
 
 
