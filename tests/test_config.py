@@ -33,6 +33,9 @@ def test_demo_config_is_valid_and_defaults_are_filled(demo):
         (lambda c: c["data"].update(ood=["animal_mnist", "imagenet"]), "data.ood.1"),
         (lambda c: c["train"].update(lr=-1), "train.lr"),
         (lambda c: c.update(extra=1), "<top level>"),
+        (lambda c: c["methods"]["coop"].update(train={"lr": 0}), "methods.coop.train.lr"),
+        (lambda c: c["methods"]["coop"].update(train={"epoch": 5}), "methods.coop.train"),
+        (lambda c: c["methods"]["coop"].update(train=5), "methods.coop.train"),
     ],
 )
 def test_schema_errors_name_the_key(demo, edit, key):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from deltaenergy.evaluate import score_table
 from deltaenergy.methods.losses import LOSSES, locoop_loss, ood_patch_entropy
-from deltaenergy.methods.train import METHODS, Method, build_learner, train_learner, train_prompt
+from deltaenergy.methods.train import METHODS, Method, build_learner, train_learner
 from deltaenergy.prompts import (
     ConditionalPromptLearner,
     PromptLearner,
@@ -232,24 +232,28 @@ def test_both_methods_lower_the_training_cross_entropy(backbone, data, cocoop_ru
     assert list(saved["learned"]) == list(learner.learned_parameters())
     assert len(saved["optimizer"]["state"]) == 5  # momentum of the context and the 4 meta-net tensors
 
-    ctx, log = train_prompt(backbone, CLASSES, feats, labels, LOCOOP, CFG, PROMPT, 1, tmp_path / "l.pt",
-                            progress=False, local_feats=local)
-    trained = build_learner(backbone, CLASSES, LOCOOP, PROMPT, 1)
-    before = _full_ce(trained, feats, labels, False)
-    trained.load_learned_state({"ctx": ctx})
+    trained, log = train_learner(backbone, CLASSES, feats, labels, LOCOOP, CFG, PROMPT, 1, tmp_path / "l.pt",
+                                 progress=False, local_feats=local)
+    before = _full_ce(build_learner(backbone, CLASSES, LOCOOP, PROMPT, 1), feats, labels, False)
     assert _full_ce(trained, feats, labels, False) < 0.8 * before
     assert all(0 <= row["ood_fraction"] <= 1 and row["ood_entropy"] <= 0 for row in log)
     assert any(row["ood_fraction"] > 0 for row in log)
 
 
+def test_a_method_train_entry_overrides_the_train_config(backbone, data, tmp_path):
+    feats, labels, _ = data
+    method = {"kind": "coop", "train": {"epochs": 2, "lr": 0.5}}
+    _, log = train_learner(backbone, CLASSES, feats, labels, method, CFG, PROMPT, 1, tmp_path / "o.pt", progress=False)
+    assert CFG["epochs"] != 2 and {row["epoch"] for row in log} == {0, 1}
+    assert log[-1]["lr"] == pytest.approx(0.5 * 0.5 * (1 + math.cos(math.pi / 2)))
+
+
 def test_method_errors(backbone, data, tmp_path):
     feats, labels, _ = data
     with pytest.raises(ValueError, match="locoop: needs local"):
-        train_prompt(backbone, CLASSES, feats, labels, LOCOOP, CFG, PROMPT, 1, tmp_path / "a.pt", progress=False)
-    with pytest.raises(ValueError, match="cocoop: the prompt is the context and a meta-net; call train_learner"):
-        train_prompt(backbone, CLASSES, feats, labels, {"kind": "cocoop"}, CFG, PROMPT, 1, tmp_path / "b.pt")
+        train_learner(backbone, CLASSES, feats, labels, LOCOOP, CFG, PROMPT, 1, tmp_path / "a.pt", progress=False)
     with pytest.raises(ValueError, match=r"kind: 'clip' is not one of \['cocoop', 'coop', 'ebm', 'locoop'\]"):
-        train_prompt(backbone, CLASSES, feats, labels, {"kind": "clip"}, CFG, PROMPT, 1, tmp_path / "c.pt")
+        train_learner(backbone, CLASSES, feats, labels, {"kind": "clip"}, CFG, PROMPT, 1, tmp_path / "c.pt")
     assert not any(tmp_path.iterdir())
 
 

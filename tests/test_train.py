@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from deltaenergy.methods.train import TrainingDiverged, epoch_lr, train_prompt
+from deltaenergy.methods.train import TrainingDiverged, epoch_lr, train_learner
 
 CFG = {"epochs": 6, "batch_size": 8, "lr": 0.02, "momentum": 0.9, "weight_decay": 5e-4, "warmup_epochs": 1,
        "warmup_lr": 1e-5, "tau": 0.01}
@@ -22,13 +22,13 @@ DRIVER = textwrap.dedent(
     """
     import sys, torch
     from deltaenergy.backbones import build_backbone
-    from deltaenergy.methods.train import train_prompt
+    from deltaenergy.methods.train import train_learner
     cfg = {cfg!r}
     feats = torch.nn.functional.normalize(torch.randn(24, 384, generator=torch.Generator().manual_seed(0)), dim=-1)
     labels = torch.arange(24) % 4
-    ctx, log = train_prompt(build_backbone("standin-conse"), {classes!r}, feats, labels, {{"kind": "coop"}}, cfg,
-                            {prompt!r}, 1, sys.argv[1], progress=False)
-    torch.save(ctx, sys.argv[2])
+    learner, log = train_learner(build_backbone("standin-conse"), {classes!r}, feats, labels, {{"kind": "coop"}}, cfg,
+                                 {prompt!r}, 1, sys.argv[1], progress=False)
+    torch.save(learner.ctx.detach(), sys.argv[2])
     """
 )
 
@@ -75,9 +75,9 @@ def test_checkpoint_of_another_config_is_ignored(tmp_path, capsys):
     feats = torch.nn.functional.normalize(torch.randn(8, 384, generator=torch.Generator().manual_seed(0)), dim=-1)
     labels = torch.arange(8) % 4
     ckpt = tmp_path / "c.pt"
-    train_prompt(bb, CLASSES, feats, labels, {"kind": "coop"}, {**CFG, "epochs": 2}, PROMPT, 1, ckpt, progress=False)
-    ctx, _ = train_prompt(bb, CLASSES, feats, labels, {"kind": "coop"}, {**CFG, "epochs": 2, "lr": 0.01}, PROMPT, 1, ckpt,
-                          progress=False)
+    train_learner(bb, CLASSES, feats, labels, {"kind": "coop"}, {**CFG, "epochs": 2}, PROMPT, 1, ckpt, progress=False)
+    train_learner(bb, CLASSES, feats, labels, {"kind": "coop"}, {**CFG, "epochs": 2, "lr": 0.01}, PROMPT, 1, ckpt,
+                  progress=False)
     assert "belongs to another configuration" in capsys.readouterr().out
 
 
@@ -86,5 +86,5 @@ def test_nan_features_stop_training_with_step_and_terms(tmp_path):
 
     feats = torch.full((8, 384), float("nan"))
     with pytest.raises(TrainingDiverged, match=r"epoch 0, step 0 \(terms \{'ce': nan"):
-        train_prompt(build_backbone("standin-conse"), CLASSES, feats, torch.arange(8) % 4, {"kind": "coop"}, CFG, PROMPT,
-                     1, tmp_path / "c.pt", progress=False)
+        train_learner(build_backbone("standin-conse"), CLASSES, feats, torch.arange(8) % 4, {"kind": "coop"}, CFG, PROMPT,
+                      1, tmp_path / "c.pt", progress=False)

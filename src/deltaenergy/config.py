@@ -52,13 +52,27 @@ def validate_config(config: dict, schema: dict | None = None) -> dict:
     schema = load_schema() if schema is None else schema
     config = copy.deepcopy(config)
     validator = jsonschema.Draft7Validator(schema)
-    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
-    if errors:
-        lines = [f"config key '{_key(e.absolute_path)}': {e.message}" for e in errors]
-        raise ConfigError("invalid config (fix these keys, see config/schema.yaml):\n  " + "\n  ".join(lines))
+    _raise_schema_errors(validator.iter_errors(config))
     _fill_defaults(schema, config)
+    check_method_train(config, schema)
     check_consistency(config)
     return config
+
+
+def check_method_train(config: dict, schema: dict) -> None:
+    """Validate each ``methods.<m>.train`` override merged into ``train`` against ``train``'s schema."""
+    validator = jsonschema.Draft7Validator(schema["properties"]["train"])
+    for name, spec in config["methods"].items():
+        _raise_schema_errors(validator.iter_errors({**config["train"], **spec.get("train", {})}),
+                             prefix=("methods", name, "train"))
+
+
+def _raise_schema_errors(errors, prefix: tuple = ()) -> None:
+    """Raise one :class:`ConfigError` listing every schema error by its dotted key (under ``prefix``)."""
+    errors = sorted(errors, key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if errors:
+        lines = [f"config key '{_key((*prefix, *e.absolute_path))}': {e.message}" for e in errors]
+        raise ConfigError("invalid config (fix these keys, see config/schema.yaml):\n  " + "\n  ".join(lines))
 
 
 def check_consistency(config: dict) -> None:

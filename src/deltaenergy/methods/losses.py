@@ -76,7 +76,7 @@ def locoop_loss(feats, labels, text, tau, params, local=None) -> tuple[torch.Ten
     be in [1, K-1]).
     """
     if local is None:
-        raise ValueError("locoop: needs local (patch) features [B, P, D]; pass local_feats to train_prompt")
+        raise ValueError("locoop: needs local (patch) features [B, P, D]; pass local_feats to train_learner")
     n_cls, top_k = text.shape[0], params.get("top_k", 200)
     if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k < n_cls:
         raise ValueError(f"locoop: config key methods.<method>.top_k = {top_k!r} must be an integer in "

@@ -99,6 +99,8 @@ def train_learner(
 ) -> tuple[PromptLearner, list[dict]]:
     """Train the learner of ``method`` (a ``methods`` config entry); return (learner, per-step log).
 
+    ``train_cfg`` is the ``train`` config; the method's own ``train`` entry overrides keys of it (e.g.
+    CoCoOp's shorter schedule).
     ``feats`` [N, D] global features, ``labels`` [N]; ``local_feats`` [N, P, D], needed by LoCoOp (ignored
     and not fingerprinted otherwise). ``device``: None = CUDA when available, else CPU; the learner and
     its backbone are moved there and stay there. Save ``learner.learned_state()`` to keep the prompt.
@@ -108,8 +110,9 @@ def train_learner(
         raise ValueError(f"{method['kind']}: needs local (patch) features; pass local_feats [N, P, D] "
                          f"(the 'local' array of the feature file, rows as feats)")
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    train_cfg = {**train_cfg, **method.get("train", {})}
     amp = train_cfg.get("amp", True)
-    params = {k: v for k, v in method.items() if k != "kind"}
+    params = {k: v for k, v in method.items() if k not in ("kind", "train")}
     tau = train_cfg["tau"]
     parts = [method, train_cfg, prompt_cfg, seed, classnames, feats.shape, float(feats.sum()), labels.tolist()]
     if spec.local:
@@ -164,27 +167,3 @@ def train_learner(
         with atomic_path(checkpoint) as tmp:
             torch.save(state, tmp)
     return learner, log
-
-
-def train_prompt(
-    backbone: Backbone,
-    classnames: list[str],
-    feats: torch.Tensor,
-    labels: torch.Tensor,
-    method: dict,
-    train_cfg: dict,
-    prompt_cfg: dict,
-    seed: int,
-    checkpoint: str | Path,
-    progress: bool = True,
-    *,
-    local_feats: torch.Tensor | None = None,
-    device: str | torch.device | None = None,
-) -> tuple[torch.Tensor, list[dict]]:
-    """:func:`train_learner` for methods whose whole prompt is the context; return (ctx on CPU, log)."""
-    if method_spec(method).conditional:
-        raise ValueError(f"{method['kind']}: the prompt is the context and a meta-net; call train_learner and "
-                         f"save learner.learned_state()")
-    learner, log = train_learner(backbone, classnames, feats, labels, method, train_cfg, prompt_cfg, seed,
-                                 checkpoint, progress, local_feats=local_feats, device=device)
-    return learner.ctx.detach().cpu().clone(), log
