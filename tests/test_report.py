@@ -22,3 +22,49 @@ def test_index_links_reports_and_flags_the_standin(tmp_path):
     page = (tmp_path / "index.html").read_text()
     assert 'href="detection_table.html"' in page and "Detection &lt;table&gt;" in page
     assert "stand-in for CLIP" in page and "uncommitted changes" in page
+
+
+def _detection(values):
+    """Rows (method, shots, seed, score, dataset, auroc, fpr95) from {(method, seed): (auroc_set1, auroc_set2)}."""
+    rows = []
+    for (method, seed), aurocs in values.items():
+        for dataset, auroc in zip(["set1", "set2"], aurocs):
+            rows.append({"method": method, "shots": 16, "seed": seed, "score": "delta_energy", "dataset": dataset,
+                         "auroc": auroc, "fpr95": 1 - auroc})
+    return pd.DataFrame(rows)
+
+
+def test_paired_comparison_counts_seeds_in_the_metric_direction():
+    from deltaenergy.report import paired_comparison
+
+    per_run = pd.DataFrame({"method": ["ebm"] * 3 + ["coop"] * 3, "shots": [16] * 6, "seed": [1, 2, 3] * 2,
+                            "auroc": [0.8, 0.6, 0.9, 0.7, 0.7, 0.7]})
+    out = paired_comparison(per_run, "auroc", "ebm", "coop", "auroc").iloc[0]
+    assert out["ebm"] == pytest.approx(0.7667, abs=1e-4) and out["coop"] == pytest.approx(0.7)
+    assert out["difference"] == pytest.approx(0.0667, abs=1e-4) and out["a_better"] == 2 and out["seeds"] == 3
+    fpr = per_run.assign(fpr95=1 - per_run["auroc"])
+    assert paired_comparison(fpr, "fpr95", "ebm", "coop", "fpr95").iloc[0]["a_better"] == 2  # lower is better
+
+
+def test_detection_summary_states_the_winner_from_the_numbers():
+    from deltaenergy.report import detection_summary
+
+    # ebm: mean over sets 0.85/0.80 (seeds), coop 0.60/0.62: ebm wins clearly; per set ebm wins set1, coop set2.
+    lines = detection_summary(_detection({("ebm", 1): (0.95, 0.75), ("ebm", 2): (0.9, 0.7),
+                                          ("coop", 1): (0.4, 0.8), ("coop", 2): (0.44, 0.8)}))
+    assert lines[0] == ("At 16-shot, the best detector by mean AUROC over the OOD sets is ebm with delta_energy "
+                        "(82.5 ± 3.5 %); runner-up coop with delta_energy (61.0 ± 1.4 %), clearly ahead.")
+    assert lines[1] == ("delta_energy, 16-shot: ebm 82.5 % vs coop 61.0 % AUROC (difference +21.5 points); "
+                        "ebm is better in 2 of 2 seeds.")
+    assert lines[2] == "Per OOD set with delta_energy, 16-shot: ebm wins 1 (set1); coop wins 1 (set2)."
+    fpr = detection_summary(_detection({("ebm", 1): (0.95, 0.75), ("coop", 1): (0.4, 0.8)}), metric="fpr95")
+    assert fpr[0].startswith("At 16-shot, the best detector by mean FPR95 over the OOD sets is ebm")
+
+
+def test_generalization_summary_within_noise():
+    from deltaenergy.report import generalization_summary
+
+    acc = pd.DataFrame({"method": ["coop", "coop", "ebm", "ebm"], "shots": 4, "seed": [1, 2, 1, 2],
+                        "dataset": "fmnist", "role": "id", "acc": [0.40, 0.30, 0.36, 0.36]})
+    assert generalization_summary(acc) == [
+        "ID test, 4-shot: ebm is most accurate (36.0 ± 0.0 %), within seed noise of coop (35.0 ± 7.1 %)."]

@@ -16,6 +16,11 @@ STANDIN_NOTE = (
 )
 
 
+def _tidy(x: float) -> float:
+    """``x`` rounded to 6 decimals, so means summed in different orders print the same digits."""
+    return round(float(x), 6)
+
+
 def mean_std(frame: pd.DataFrame, by: list[str], value: str) -> pd.DataFrame:
     """Mean, std (ddof=1; 0 for a single seed) and seed count of ``value`` grouped by ``by``."""
     grouped = frame.groupby(by, sort=True)[value]
@@ -28,10 +33,106 @@ def format_mean_std(frame: pd.DataFrame, scale: float = 100.0, digits: int = 1) 
     """'mean ± std' strings (values scaled, e.g. to %); a single run (n = 1, e.g. zero-shot) shows its value."""
 
     def fmt(r) -> str:
-        mean = f"{r['mean'] * scale:.{digits}f}"
-        return mean if r["n"] == 1 else f"{mean} ± {r['std'] * scale:.{digits}f}"
+        mean = f"{_tidy(r['mean'] * scale):.{digits}f}"
+        return mean if r["n"] == 1 else f"{mean} ± {_tidy(r['std'] * scale):.{digits}f}"
 
     return frame.apply(fmt, axis=1)
+
+
+LOWER_IS_BETTER = {"fpr95", "fpr95_ood_pos"}
+
+
+def _pct(mean: float, std: float, n: int) -> str:
+    return format_mean_std(pd.DataFrame([{"mean": mean, "std": std, "n": n}])).iloc[0] + " %"
+
+
+def _ranked(table: pd.DataFrame, metric: str) -> pd.DataFrame:
+    return table.sort_values("mean", ascending=metric in LOWER_IS_BETTER, kind="stable")
+
+
+def _verdict(best: pd.Series, second: pd.Series) -> str:
+    """'clearly ahead' when the gap exceeds both seed stds, else 'within seed noise'."""
+    if best["n"] == 1 and second["n"] == 1:
+        return "single runs, no seed spread to compare against"
+    gap = abs(best["mean"] - second["mean"])
+    return "clearly ahead" if gap > max(best["std"], second["std"]) else "within seed noise"
+
+
+def paired_comparison(per_run: pd.DataFrame, value: str, a: str, b: str, metric: str) -> pd.DataFrame:
+    """Method ``a`` vs ``b`` per shots over the seeds both ran: means, mean difference (a - b) and the
+    number of seeds where ``a`` is better (``metric`` decides the direction). ``per_run`` has columns
+    method, shots, seed and ``value``."""
+    wide = per_run[per_run["method"].isin([a, b])].pivot_table(index=["shots", "seed"], columns="method", values=value)
+    wide = wide.dropna()
+    if wide.empty or not {a, b} <= set(wide.columns):
+        return pd.DataFrame(columns=["shots", a, b, "difference", "a_better", "seeds"])
+    diff = wide[a] - wide[b]
+    better = (diff < 0) if metric in LOWER_IS_BETTER else (diff > 0)
+    out = pd.DataFrame({a: wide[a], b: wide[b], "difference": diff, "a_better": better}).groupby("shots")
+    return out.agg(**{a: (a, "mean"), b: (b, "mean"), "difference": ("difference", "mean"),
+                      "a_better": ("a_better", "sum"), "seeds": ("difference", "count")}).reset_index()
+
+
+def detection_summary(detection: pd.DataFrame, metric: str = "auroc", focus: str = "delta_energy",
+                      pair: tuple[str, str] = ("ebm", "coop")) -> list[str]:
+    """Plain-language findings from a detection table (rows per method, shots, seed, score, dataset).
+
+    Per shots: the best (method, score) by ``metric`` averaged over OOD sets, with the runner-up and
+    whether the gap exceeds the seed std; ``pair[0]`` vs ``pair[1]`` on the ``focus`` score (paired
+    over seeds); and, at the largest shot count, the winning method per OOD set on ``focus``.
+    """
+    per_run = detection.groupby(["method", "shots", "seed", "score"], as_index=False)[metric].mean()
+    table = mean_std(per_run, ["method", "shots", "score"], metric)
+    name = metric.upper()
+    lines = []
+    for shots, group in table.groupby("shots"):
+        ranked = _ranked(group, metric)
+        best = ranked.iloc[0]
+        where = "zero-shot" if shots == 0 else f"{shots}-shot"
+        line = (f"At {where}, the best detector by mean {name} over the OOD sets is {best['method']} with "
+                f"{best['score']} ({_pct(best['mean'], best['std'], best['n'])})")
+        if len(ranked) > 1:
+            second = ranked.iloc[1]
+            line += (f"; runner-up {second['method']} with {second['score']} "
+                     f"({_pct(second['mean'], second['std'], second['n'])}), {_verdict(best, second)}")
+        lines.append(line + ".")
+    a, b = pair
+    focused = per_run[per_run["score"] == focus]
+    for _, row in paired_comparison(focused, metric, a, b, metric).iterrows():
+        lines.append(
+            f"{focus}, {int(row['shots'])}-shot: {a} {_tidy(row[a] * 100):.1f} % vs {b} {_tidy(row[b] * 100):.1f} % "
+            f"{name} (difference {_tidy(row['difference'] * 100):+.1f} points); {a} is better in {int(row['a_better'])} of "
+            f"{int(row['seeds'])} seeds."
+        )
+    trained = detection[(detection["score"] == focus) & (detection["shots"] > 0)]
+    if not trained.empty:
+        top = trained["shots"].max()
+        by_set = mean_std(trained[trained["shots"] == top], ["dataset", "method"], metric)
+        wins = {d: _ranked(g, metric).iloc[0]["method"] for d, g in by_set.groupby("dataset")}
+        counts = pd.Series(wins).value_counts()
+        lines.append(f"Per OOD set with {focus}, {top}-shot: "
+                     + "; ".join(f"{m} wins {n} ({', '.join(d for d, w in wins.items() if w == m)})"
+                                 for m, n in counts.items()) + ".")
+    return lines
+
+
+def generalization_summary(accuracy: pd.DataFrame) -> list[str]:
+    """Plain-language findings from an accuracy table (method, shots, seed, dataset, role, acc): per shots,
+    the most accurate method on the ID test split and on the mean of the covariate-shifted sets."""
+    per_run = accuracy.assign(group=accuracy["role"].map({"id": "ID test", "covariate": "covariate-shifted sets (mean)"}))
+    per_run = per_run.groupby(["group", "method", "shots", "seed"], as_index=False)["acc"].mean()
+    lines = []
+    for (group, shots), rows in mean_std(per_run, ["group", "shots", "method"], "acc").groupby(["group", "shots"]):
+        if shots == 0:
+            continue
+        ranked = _ranked(rows, "acc")
+        best = ranked.iloc[0]
+        line = f"{group}, {shots}-shot: {best['method']} is most accurate ({_pct(best['mean'], best['std'], best['n'])})"
+        if len(ranked) > 1:
+            second = ranked.iloc[1]
+            line += f", {_verdict(best, second)} of {second['method']} ({_pct(second['mean'], second['std'], second['n'])})"
+        lines.append(line + ".")
+    return lines
 
 
 def write_index(path: str | Path, captions: dict[str, str], provenance: dict) -> None:
