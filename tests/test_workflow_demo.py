@@ -22,9 +22,11 @@ REDUCED = {
                        "covariate": {"n_per_class": 3}, "ood": {"n": 24}}},
     "fewshot": {"shots": [4], "seeds": [1, 2]},
     "train": {"epochs": 3},
+    "features": {"views": 2},
     "neglabel": {"max_candidates": 300},
-    # Every training method, at this tiny size (the default demo trains coop and ebm).
-    "methods": {"locoop": {"kind": "locoop", "lambda": 0.25, "top_k": 2}, "cocoop": {"kind": "cocoop"}},
+    # Every training method at this tiny size; CoCoOp's own shorter schedule overridden to fit.
+    "methods": {"locoop": {"kind": "locoop", "lambda": 0.25, "top_k": 2},
+                "cocoop": {"kind": "cocoop", "train": {"epochs": 2}}},
 }
 
 
@@ -102,14 +104,20 @@ def test_detection_metrics_reproduced_by_sklearn(two_runs):
         assert row.fpr95 == pytest.approx(fpr[np.searchsorted(tpr, 0.95, side="left")], abs=1e-6)
 
 
-def test_each_image_is_encoded_once(two_runs):
+def test_each_image_and_view_is_encoded_once(two_runs):
+    """Image-encoder calls = unique images + ID training images x views, whatever the methods and seeds."""
     _, _, (res, _) = two_runs
     sidecars = list((res / "features").rglob("*.npz.json"))
     calls = sum(json.loads(p.read_text())["image_forward_count"] for p in sidecars)
     manifests = [pd.read_csv(p) for p in (res / "manifests").glob("*.csv")]
     unique_images = len(set(pd.concat(manifests)["path"]))
-    assert len(sidecars) == 9
-    assert calls == unique_images
+    id_train = pd.read_csv(res / "manifests" / "fashion_mnist.csv").query("split == 'train'")
+    views = REDUCED["features"]["views"]
+    assert len(sidecars) == 9 + 1 and len(id_train) == 10 * 6
+    assert calls == unique_images + len(id_train) * views
+    provenance = json.loads((res / "provenance.json").read_text())
+    assert provenance["image_encoder_calls"] == calls and provenance["images"] == unique_images
+    assert provenance["augmented_views"] == len(id_train) * views
 
 
 def test_same_config_gives_identical_metrics(two_runs):

@@ -83,5 +83,6 @@ def collect_provenance(config: dict, manifests: list[str], feature_sidecars: lis
         "manifests_sha256": {str(p): sha256_file(p) for p in manifests},
         "backbone": sidecars[0]["backbone"] if sidecars else None,
         "image_encoder_calls": sum(s["image_forward_count"] for s in sidecars),
-        "images": sum(s["n_images"] for s in sidecars),
+        "images": sum(s["n_images"] for s in sidecars if "views" not in s),
+        "augmented_views": sum(s["n_images"] * s["views"] for s in sidecars if "views" in s),
     }

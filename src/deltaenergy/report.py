@@ -152,7 +152,8 @@ def write_index(path: str | Path, captions: dict[str, str], provenance: dict) ->
             ("backbone", prov.get("backbone")),
             ("device", prov["device"]),
             ("seeds", prov["seeds"]),
-            ("images encoded", f"{prov['image_encoder_calls']} image-encoder calls for {prov['images']} images"),
+            ("images encoded", f"{prov['image_encoder_calls']} image-encoder calls for {prov['images']} images"
+                               f" and {prov.get('augmented_views', 0)} augmented training views"),
             ("packages", ", ".join(f"{k} {v}" for k, v in prov["packages"].items())),
             ("data packages", ", ".join(f"{k} {v}" for k, v in prov["debian_data_packages"].items())),
         ]

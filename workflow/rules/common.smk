@@ -53,6 +53,11 @@ def features_path(dataset):
     return f"{R}/features/{BACKBONE}/{dataset}.npz"
 
 
+# Cached augmented views of the ID training images (features.views > 0), encoded once for every method.
+VIEWS_PATH = f"{R}/features/{BACKBONE}/views/{ID_DATASET}.npz"
+VIEWS = [VIEWS_PATH] if config["features"]["views"] else []
+
+
 wildcard_constraints:
     dataset="|".join(DATASETS),
     method="|".join(ZEROSHOT_METHODS + TRAINED_METHODS),

@@ -23,3 +23,30 @@ rule extract_features:
         "../envs/torch.yaml"
     script:
         "../scripts/extract_features.py"
+
+
+rule extract_views:
+    input:
+        manifest=f"{R}/manifests/{ID_DATASET}.csv",
+        images=f"{R}/data/{ID_DATASET}",
+    output:
+        features=VIEWS_PATH,
+        meta=f"{VIEWS_PATH}.json",
+    params:
+        backbone=config["backbone"],
+        batch_size=config["features"]["batch_size"],
+        views=config["features"]["views"],
+        scale=config["features"]["view_crop_scale"],
+        data_seed=config["data"]["seed"],
+    log:
+        f"{R}/logs/extract_features/{ID_DATASET}_views.log",
+    benchmark:
+        f"{R}/benchmarks/extract_features/{ID_DATASET}_views.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/extract_views.py"

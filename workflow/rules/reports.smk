@@ -9,7 +9,7 @@ REPORTS = {
 rule provenance:
     input:
         manifests=expand(f"{R}/manifests/{{dataset}}.csv", dataset=DATASETS),
-        features=[f"{features_path(d)}.json" for d in DATASETS],
+        features=[f"{p}.json" for p in [*map(features_path, DATASETS), *VIEWS]],
     output:
         f"{R}/provenance.json",
     log:

@@ -5,6 +5,7 @@ rule train_prompt:
     input:
         features=features_path(ID_DATASET),
         fewshot=f"{R}/manifests/fewshot/shots{{shots}}_seed{{seed}}.csv",
+        views=VIEWS,
     output:
         prompt=f"{R}/train/{{method}}/shots{{shots}}_seed{{seed}}/prompt.pt",
         log=f"{R}/train/{{method}}/shots{{shots}}_seed{{seed}}/train_log.csv",

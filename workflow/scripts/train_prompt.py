@@ -5,7 +5,7 @@ import pandas as pd
 import torch
 
 from deltaenergy.backbones import build_backbone
-from deltaenergy.features import load_features
+from deltaenergy.features import load_features, view_positions
 from deltaenergy.io import atomic_path, write_csv
 from deltaenergy.logs import log_to
 from deltaenergy.methods.train import train_learner
@@ -20,9 +20,13 @@ with log_to(snakemake.log[0]):
     index = torch.from_numpy(rows["row"].to_numpy())
     data = load_features(snakemake.input.features)
     labels = torch.from_numpy(rows["label"].to_numpy())
+    views = None
+    if snakemake.input.views:  # [] when features.views is 0
+        cached = load_features(snakemake.input.views[0])
+        views = {k: cached[k][view_positions(cached["rows"], index)] for k in ("global", "local")}
     learner, log = train_learner(backbone, params.classnames, data["global"][index], labels, params.method,
                                  params.train, params.prompt, int(w.seed), params.checkpoint,
-                                 local_feats=data["local"][index])
+                                 local_feats=data["local"][index], views=views)
     write_csv(snakemake.output.log, pd.DataFrame(log))
     with atomic_path(snakemake.output.prompt) as tmp:
         torch.save({"state": learner.learned_state(), "method": w.method, "shots": int(w.shots),

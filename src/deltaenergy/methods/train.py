@@ -70,6 +70,17 @@ def method_spec(method: dict) -> Method:
     return METHODS[method["kind"]]
 
 
+def _epoch_inputs(plain: dict, views: dict | None, local: bool, seed: int, epoch: int) -> tuple:
+    """(global [N, D], local [N, P, D] or None) of one epoch: the plain features, or one cached augmented
+    view per image drawn from a generator seeded by (seed, epoch)."""
+    if views is None:
+        return plain["global"], plain["local"]
+    n, v = views["global"].shape[:2]
+    pick = torch.randint(v, (n,), generator=torch.Generator().manual_seed(seed * 100_019 + epoch))
+    rows = torch.arange(n)
+    return views["global"][rows, pick], views["local"][rows, pick] if local else None
+
+
 def build_learner(
     backbone: Backbone, classnames: list[str], method: dict, prompt_cfg: dict, seed: int
 ) -> PromptLearner:
@@ -95,6 +106,7 @@ def train_learner(
     progress: bool = True,
     *,
     local_feats: torch.Tensor | None = None,
+    views: dict[str, torch.Tensor] | None = None,
     device: str | torch.device | None = None,
 ) -> tuple[PromptLearner, list[dict]]:
     """Train the learner of ``method`` (a ``methods`` config entry); return (learner, per-step log).
@@ -102,13 +114,18 @@ def train_learner(
     ``train_cfg`` is the ``train`` config; the method's own ``train`` entry overrides keys of it (e.g.
     CoCoOp's shorter schedule).
     ``feats`` [N, D] global features, ``labels`` [N]; ``local_feats`` [N, P, D], needed by LoCoOp (ignored
-    and not fingerprinted otherwise). ``device``: None = CUDA when available, else CPU; the learner and
+    and not fingerprinted otherwise). ``views``: cached augmented views of the same rows, ``global``
+    [N, V, D] (and ``local`` [N, V, P, D] for LoCoOp); each epoch then trains on one view per image, drawn
+    from a generator seeded by (seed, epoch), instead of the plain features. ``device``: None = CUDA when available, else CPU; the learner and
     its backbone are moved there and stay there. Save ``learner.learned_state()`` to keep the prompt.
     """
     spec = method_spec(method)
     if spec.local and local_feats is None:
         raise ValueError(f"{method['kind']}: needs local (patch) features; pass local_feats [N, P, D] "
                          f"(the 'local' array of the feature file, rows as feats)")
+    if views is not None and (views["global"].shape[0] != feats.shape[0] or (spec.local and "local" not in views)):
+        raise ValueError(f"views: expected 'global' [{feats.shape[0]}, V, D]{' and local' if spec.local else ''} for "
+                         f"the {feats.shape[0]} training rows, got {({k: tuple(v.shape) for k, v in views.items()})}")
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     train_cfg = {**train_cfg, **method.get("train", {})}
     amp = train_cfg.get("amp", True)
@@ -117,6 +134,8 @@ def train_learner(
     parts = [method, train_cfg, prompt_cfg, seed, classnames, feats.shape, float(feats.sum()), labels.tolist()]
     if spec.local:
         parts += [local_feats.shape, float(local_feats.sum())]
+    if views is not None:
+        parts += [views["global"].shape, float(views["global"].sum())]
     run_id = fingerprint(*parts, device.type)
     learner = build_learner(backbone, classnames, method, prompt_cfg, seed).to(device)
     optimizer = torch.optim.SGD(
@@ -135,14 +154,15 @@ def train_learner(
         else:
             print(f"ignoring {checkpoint}: it belongs to another configuration")
 
-    feats, labels = feats.to(device), labels.to(device)
-    local = local_feats.to(device) if spec.local else None
+    labels = labels.to(device)
+    plain = {"global": feats, "local": local_feats if spec.local else None}
     n = feats.shape[0]
     step = start * math.ceil(n / train_cfg["batch_size"])
     for epoch in tqdm(range(start, train_cfg["epochs"]), desc=f"{method['kind']} seed {seed}", disable=not progress):
         for group in optimizer.param_groups:
             group["lr"] = epoch_lr(epoch, train_cfg)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        feats, local = (t if t is None else t.to(device) for t in _epoch_inputs(plain, views, spec.local, seed, epoch))
         for batch in order.to(device).split(train_cfg["batch_size"]):
             with mixed_precision(device, amp):
                 text = learner(feats[batch]) if spec.conditional else learner()
