@@ -1,7 +1,39 @@
-# Data: registry packages -> image folders + manifests -> few-shot manifests.
+# Data: registry packages (or verified downloads of the same data) -> image folders + manifests ->
+# few-shot manifests.
+from deltaenergy.data.sources import DATASET_SOURCES, FETCHED_DATA_ENV, SOURCES, system_available  # noqa: E402
+
+# Downloads are shared by all benchmarks; jobs find them through the environment.
+FETCHED = "resources/downloads"
+os.environ[FETCHED_DATA_ENV] = str(Path(FETCHED).resolve())
+
+
+def source_markers(keys):
+    """Completion markers of the data sources in `keys` whose registry package is not installed."""
+    return [f"{FETCHED}/{key}.complete" for key in keys if not system_available(key)]
+
+
+rule fetch_source:
+    wildcard_constraints:
+        source="|".join(SOURCES),
+    output:
+        marker=f"{FETCHED}/{{source}}.complete",
+        data=directory(f"{FETCHED}/{{source}}"),
+    log:
+        f"{FETCHED}/logs/{{source}}.log",
+    benchmark:
+        f"{FETCHED}/benchmarks/{{source}}.tsv"
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/fetch_source.py"
 
 
 rule build_dataset:
+    input:
+        sources=lambda w: source_markers(DATASET_SOURCES[w.dataset]),
     output:
         manifest=f"{R}/manifests/{{dataset}}.csv",
         images=directory(f"{R}/data/{{dataset}}"),

@@ -10,6 +10,7 @@ rule provenance:
     input:
         manifests=expand(f"{R}/manifests/{{dataset}}.csv", dataset=DATASETS),
         features=[f"{features_path(d)}.json" for d in DATASETS],
+        data=expand(f"{R}/data/{{dataset}}", dataset=DATASETS),
     output:
         f"{R}/provenance.json",
     log:
