@@ -222,3 +222,15 @@ def test_resolve_prefers_the_installed_package_and_names_both_fixes(tmp_path, mo
     folder, record = sources.resolve("wordnet")
     assert folder == tmp_path / "system/wordnet" and record["kind"] == "registry"
     assert record["package"] == "Debian wordnet-base"
+
+
+@pytest.mark.workflow
+def test_provenance_json_carries_each_datasets_sources(fetched_run):
+    from deltaenergy.provenance import collect_provenance
+
+    tmp, _, _ = fetched_run
+    data = tmp / "results/dl/data"
+    config = yaml.safe_load((tmp / "config.yaml").read_text())
+    prov = collect_provenance(config, [], [], [str(data / d) for d in DATASETS])
+    assert set(prov["data_sources"]) == set(DATASETS)
+    assert prov["data_sources"]["clipart"] == json.loads((data / "clipart" / "sources.json").read_text())

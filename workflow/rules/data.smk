@@ -1,17 +1,5 @@
 # Data: registry packages (or verified downloads of the same data) -> image folders + manifests ->
 # few-shot manifests.
-from deltaenergy.data.sources import DATASET_SOURCES, FETCHED_DATA_ENV, SOURCES, system_available  # noqa: E402
-
-# Downloads are shared by all benchmarks; jobs find them through the environment.
-FETCHED = "resources/downloads"
-os.environ[FETCHED_DATA_ENV] = str(Path(FETCHED).resolve())
-
-
-def source_markers(keys):
-    """Completion markers of the data sources in `keys` whose registry package is not installed."""
-    return [f"{FETCHED}/{key}.complete" for key in keys if not system_available(key)]
-
-
 rule fetch_source:
     wildcard_constraints:
         source="|".join(SOURCES),
