@@ -68,6 +68,13 @@ def device() -> dict:
     return info
 
 
+def _dataset_sources(folder: Path) -> list[dict] | str:
+    record = folder / "sources.json"
+    if not record.exists():  # a dataset built before sources were recorded
+        return f"not recorded: rebuild with `snakemake --forcerun build_dataset` to record {record}"
+    return json.loads(record.read_text())
+
+
 def collect_provenance(config: dict, manifests: list[str], feature_sidecars: list[str],
                        dataset_dirs: list[str] = ()) -> dict:
     """Everything needed to tell whether two result folders are comparable.
@@ -86,7 +93,7 @@ def collect_provenance(config: dict, manifests: list[str], feature_sidecars: lis
         "device": device(),
         "seeds": {"data": config["data"]["seed"], "fewshot": config["fewshot"]["seeds"]},
         "manifests_sha256": {str(p): sha256_file(p) for p in manifests},
-        "data_sources": {Path(d).name: json.loads((Path(d) / "sources.json").read_text()) for d in dataset_dirs},
+        "data_sources": {Path(d).name: _dataset_sources(Path(d)) for d in dataset_dirs},
         "backbone": sidecars[0]["backbone"] if sidecars else None,
         "image_encoder_calls": sum(s["image_forward_count"] for s in sidecars),
         "images": sum(s["n_images"] for s in sidecars),
