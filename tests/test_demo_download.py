@@ -82,13 +82,26 @@ def installed_layout() -> dict[str, dict[str, bytes]]:
     return {"fashion-mnist": fmnist, "openclipart": clipart, "gimp-patterns": patterns, "wordnet": wordnet}
 
 
+def _tar_bz2(files: dict[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:bz2") as tar:
+        for name, content in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+    return out.getvalue()
+
+
 def miniatures(layout: dict[str, dict[str, bytes]]) -> dict[str, dict[str, bytes]]:
-    """Per source key: file name -> bytes, shaped like the canonical downloads (IDX .gz files, .deb)."""
-    debs = {"openclipart": "openclipart-png_mini_all.deb", "gimp-patterns": "gimp-data_mini_all.deb",
-            "wordnet": "wordnet-base_mini_all.deb"}
+    """Per source key: file name -> bytes, shaped like the canonical downloads (IDX .gz files, GIMP's
+    source tarball, Debian packages), each holding its miniature where the real archive has the data."""
+    debs = {"openclipart": "openclipart-png_mini_all.deb", "wordnet": "wordnet-base_mini_all.deb"}
     out = {"fashion-mnist": {Path(p).name: data for p, data in layout["fashion-mnist"].items()}}
     for key, name in debs.items():
         out[key] = {name: _deb({f"usr/share/{p}": data for p, data in layout[key].items()})}
+    member = sources.SOURCES["gimp-patterns"].member
+    gimp = {f"{member}/{p.removeprefix('gimp/2.0/patterns/')}": data for p, data in layout["gimp-patterns"].items()}
+    out["gimp-patterns"] = {"gimp-mini.tar.bz2": _tar_bz2({**gimp, f"{member}/Makefile.am": b"# build file\n"})}
     return out
 
 
@@ -149,7 +162,7 @@ def test_data_rules_fetch_verify_and_extract_without_the_debian_packages(fetched
     for key in ("openclipart", "gimp-patterns", "wordnet"):
         relative = sources.SOURCES[key].relative
         extracted = {f"{relative}/{p.relative_to(downloads / key)}": p.read_bytes()
-                     for p in (downloads / key).rglob("*") if p.is_file() and p.name != ".snakemake_timestamp"}
+                     for p in (downloads / key).rglob("*") if p.suffix in {".png", ".pat", ".noun", ".adj"}}
         assert extracted == layout[key], key
 
 
@@ -202,7 +215,7 @@ def test_wrong_checksum_stops_the_rule_with_a_clear_message(served, tmp_path):
     assert "gimp-patterns" in proc.stdout + proc.stderr
     downloads = tmp_path / "resources/downloads"
     assert not (downloads / "gimp-patterns.complete").exists() and not (downloads / "gimp-patterns").exists()
-    assert not (downloads / "archives" / "gimp-data_mini_all.deb").exists()
+    assert not (downloads / "archives" / "gimp-mini.tar.bz2").exists()
     assert not (tmp_path / "results/dl/manifests/textures.csv").exists()
 
 

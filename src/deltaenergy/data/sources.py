@@ -16,13 +16,14 @@ Download sources and checksums (never invented; see each entry's comment):
   package's ``.gz`` files are *not* these bytes (Debian re-compressed them: other gzip header, other MD5),
   so their SHA-256 cannot stand for the upstream files; the decompressed IDX data are what the loader
   reads and checks (magic, shapes, label count).
-- ``openclipart``, ``gimp-patterns``, ``wordnet``: the Debian binary package itself (a ``.deb`` from the
-  Debian archive, SHA-256 from Debian's signed ``Packages`` index, as ``apt-cache show`` prints it), of
-  which only the data folder is extracted, with the same safety checks as any archive. This gives the
-  same files as the installed package without root. Upstream archives are not used because their
-  checksums could not be established here: openclipart's 0.18 archive is repacked by Debian (``+dfsg``),
-  and GIMP's source tarball and Princeton's WordNet tarball publish digests this project could not
-  check offline.
+- ``gimp-patterns``: GIMP's source tarball (``data/patterns`` only), SHA-256 as pinned in its entry.
+- ``openclipart``, ``wordnet``: the Debian binary package itself (a ``.deb`` from the Debian archive,
+  SHA-256 from Debian's signed ``Packages`` index, as ``apt-cache show`` prints it), of which only the
+  data folder is extracted, with the same safety checks as any archive. This gives the same files as the
+  installed package without root. Upstream archives are not used: openclipart's 0.18 archive is
+  repacked by Debian (``+dfsg``), so its checksum could not be established; Princeton's WordNet 3.0
+  tarball ships no prebuilt ``index.*`` files in the form Debian installs, and its ``wn3.1.dict``
+  tarball is another WordNet version (other candidate words for NegLabel).
 
 Animal-MNIST has no download source (a documented gap): its only published form is the pickle files
 inside the PyPI package ``animal-mnist``, and nothing downloaded is ever unpickled; the package is
@@ -101,11 +102,17 @@ SOURCES: dict[str, DataSource] = {
                  "f07f1545a2970c2cf3fa339bc2405da1a95cf2b1827bfa05bf73eb1c20291c02"),
             member="usr/share/openclipart/png",
         ),
+        # GIMP's own source tarball. Its SHA-256 is the one in Debian's signed gimp_2.10.34-1+deb12u10.dsc
+        # for gimp_2.10.34.orig.tar.bz2, and independent packagers (Termux, Arch) pin the same digest for
+        # this URL, so Debian's orig is GIMP's file; its data/patterns/*.pat equal gimp-data's (checked).
         DataSource(
             "gimp-patterns", "gimp/2.0/patterns", "gimp-data",
-            _deb("pool/main/g/gimp/gimp-data_2.10.34-1+deb12u10_all.deb",
-                 "89007a69d4ef2b0440e5419e75d4112cfd1c49e97db38220d210b9f86322be7c"),
-            member="usr/share/gimp/2.0/patterns",
+            (RemoteFile(
+                "gimp-2.10.34.tar.bz2",
+                tuple(f"https://download.gimp.org/{d}/v2.10/gimp-2.10.34.tar.bz2" for d in ("pub/gimp", "mirror/pub/gimp")),
+                "sha256:84004642d351b398a4293cd7fd3592044a944f05bb52850ee6068f247c657aa3",
+            ),),
+            member="gimp-2.10.34/data/patterns",
         ),
         DataSource(
             "wordnet", "wordnet", "wordnet-base",
