@@ -247,3 +247,15 @@ def test_provenance_json_carries_each_datasets_sources(fetched_run):
     prov = collect_provenance(config, [], [], [str(data / d) for d in DATASETS])
     assert set(prov["data_sources"]) == set(DATASETS)
     assert prov["data_sources"]["clipart"] == json.loads((data / "clipart" / "sources.json").read_text())
+
+
+def test_source_table_is_complete_and_well_formed():
+    assert set(sources.DATASET_SOURCES) == set(demo.DEMO_DATASETS)
+    assert {k for keys in sources.DATASET_SOURCES.values() for k in keys} | {"wordnet"} == set(sources.SOURCES)
+    for key, entry in sources.SOURCES.items():
+        assert entry.files and (entry.member is None) == (len(entry.files) == 4), key  # IDX files or one archive
+        for remote in entry.files:
+            algorithm, _, hexdigest = remote.digest.partition(":")
+            assert algorithm == "sha256" and len(hexdigest) == 64 and int(hexdigest, 16) >= 0, remote
+            assert remote.urls and all(u.startswith(("https://", "http://")) and u.endswith(remote.name)
+                                       for u in remote.urls), remote

@@ -2,8 +2,7 @@
 
 Conventions:
 
-- A digest is ``"<algorithm>:<hex>"`` with algorithm ``sha256`` (preferred) or ``md5`` (only where the
-  publisher of a file publishes nothing stronger, e.g. Fashion-MNIST's authors).
+- A digest is ``"sha256:<hex>"``.
 - :func:`download` writes ``<target>.part`` next to the target, resumes it with an HTTP Range request,
   retries connection errors, truncated bodies, 429 and 5xx with exponential back-off (``backoff *
   2**attempt`` seconds), tries mirrors in order, and renames the part file to the target only after its
@@ -39,7 +38,7 @@ from deltaenergy.io import atomic_path
 
 log = logging.getLogger(__name__)
 
-DIGEST_ALGORITHMS = ("sha256", "md5")
+DIGEST_ALGORITHMS = ("sha256",)
 COMPLETE_SUFFIX = ".complete"
 
 
@@ -58,7 +57,7 @@ class UnsafeArchiveError(ValueError):
 def _parse_digest(digest: str, what: str) -> tuple[str, str]:
     algorithm, _, hexdigest = digest.partition(":")
     if algorithm not in DIGEST_ALGORITHMS or not hexdigest:
-        raise ValueError(f"{what}: digest {digest!r} must look like 'sha256:<hex>' (or 'md5:<hex>')")
+        raise ValueError(f"{what}: digest {digest!r} must look like 'sha256:<hex>'")
     return algorithm, hexdigest.lower()
 
 

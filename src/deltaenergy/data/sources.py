@@ -11,11 +11,12 @@ Every data source is a folder laid out as its Debian package installs it under t
 Download sources and checksums (never invented; see each entry's comment):
 
 - ``fashion-mnist``: the four original IDX ``.gz`` files from the authors' canonical locations (their
-  S3 site, then their GitHub repository), checked with the MD5 sums the authors publish in their README
-  (the same sums torchvision's ``FashionMNIST.resources`` lists); they publish no SHA-256. The Debian
-  package's ``.gz`` files are *not* these bytes (Debian re-compressed them: other gzip header, other MD5),
-  so their SHA-256 cannot stand for the upstream files; the decompressed IDX data are what the loader
-  reads and checks (magic, shapes, label count).
+  S3 site, then their GitHub repository), by SHA-256. The authors publish MD5 sums only (their README;
+  torchvision's ``FashionMNIST.resources`` lists the same); the SHA-256 values here are of the files in
+  Debian's source package (``dataset-fashion-mnist_0.0~git20200523.55506a9.orig.tar.xz``, signed
+  ``.dsc``), whose MD5 sums equal the authors' published ones, so they are the authors' files. The
+  binary package's ``.gz`` files are re-compressed by Debian (other bytes) but decompress to identical
+  IDX data (checked), so both sources give the same images.
 - ``gimp-patterns``: GIMP's source tarball (``data/patterns`` only), SHA-256 as pinned in its entry.
 - ``openclipart``, ``wordnet``: the Debian binary package itself (a ``.deb`` from the Debian archive,
   SHA-256 from Debian's signed ``Packages`` index, as ``apt-cache show`` prints it), of which only the
@@ -89,11 +90,13 @@ SOURCES: dict[str, DataSource] = {
     for s in (
         DataSource(
             "fashion-mnist", "datasets/fashion-mnist", "dataset-fashion-mnist",
-            tuple(RemoteFile(name, tuple(m + name for m in _FMNIST_MIRRORS), f"md5:{md5}") for name, md5 in (
-                ("train-images-idx3-ubyte.gz", "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
-                ("train-labels-idx1-ubyte.gz", "25c81989df183df01b3e8a0aad5dffbe"),
-                ("t10k-images-idx3-ubyte.gz", "bef4ecab320f06d8554ea6380940ec79"),
-                ("t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310"),
+            tuple(RemoteFile(name, tuple(m + name for m in _FMNIST_MIRRORS), f"sha256:{sha}") for name, sha in (
+                # authors' MD5 8d4fb7e6c68d591d4c3dfef9ec88bf0d, 25c81989df183df01b3e8a0aad5dffbe,
+                # bef4ecab320f06d8554ea6380940ec79, bb300cfdad3c16e7a12a480ee83cd310 (same order)
+                ("train-images-idx3-ubyte.gz", "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84"),
+                ("train-labels-idx1-ubyte.gz", "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845"),
+                ("t10k-images-idx3-ubyte.gz", "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073"),
+                ("t10k-labels-idx1-ubyte.gz", "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"),
             )),
         ),
         DataSource(
