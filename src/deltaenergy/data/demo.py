@@ -1,4 +1,5 @@
-"""The offline demo benchmark's nine datasets, built from installed packages (no network).
+"""The offline demo benchmark's nine datasets, built from installed packages, or from verified downloads
+of the same data where a Debian data package is missing (:mod:`deltaenergy.data.sources`).
 
 Each dataset is materialised as PNG files ``<out_dir>/<dataset>/<split>/<index:05d>.png`` plus a
 manifest (see :mod:`deltaenergy.data.manifest`); manifest paths are ``out_dir`` joined as given
