@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from deltaenergy.data import demo
+from deltaenergy.data import demo, sources
 from deltaenergy.data.demo import DEMO_DATASETS, FASHION_MNIST_CLASSES, build_demo_dataset
 from deltaenergy.data.images import load_image
 from deltaenergy.data.manifest import MANIFEST_COLUMNS, validate_manifest
@@ -210,6 +210,7 @@ def test_animal_mnist_loader_matches_plain_pickle_and_refuses_code(tmp_path):
 
 def test_missing_system_data_names_the_apt_fix(tmp_path, monkeypatch):
     monkeypatch.setenv(demo.SYSTEM_DATA_ENV, str(tmp_path))
+    monkeypatch.setenv(sources.FETCHED_DATA_ENV, str(tmp_path / "no_downloads"))
     cases = {
         "fashion_mnist": "sudo apt-get install dataset-fashion-mnist",
         "fmnist_corrupt": "sudo apt-get install dataset-fashion-mnist",

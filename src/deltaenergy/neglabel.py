@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from deltaenergy.data.demo import SYSTEM_DATA_ENV, system_data_root
+from deltaenergy.data.sources import SYSTEM_DATA_ENV, resolve, system_data_root
 from deltaenergy.io import read_npz, write_json, write_npz
 
 WORDNET_INDEX = {"noun": "index.noun", "adj": "index.adj"}
@@ -44,8 +44,12 @@ META_KEYS = ("backbone", "template", "percentile", "pct_neg", "n_candidates")
 
 # --- WordNet candidates --------------------------------------------------------------------------
 def wordnet_root() -> Path:
-    """Folder of WordNet's database files: ``$DELTAENERGY_SYSTEM_DATA/wordnet`` (default /usr/share)."""
-    return system_data_root() / "wordnet"
+    """Folder of WordNet's database files: ``$DELTAENERGY_SYSTEM_DATA/wordnet`` (default /usr/share)
+    when installed, else the verified download (:func:`deltaenergy.data.sources.resolve`)."""
+    try:
+        return resolve("wordnet")[0]
+    except FileNotFoundError:
+        return system_data_root() / "wordnet"  # _read_index names the missing file and the fix
 
 
 def _read_index(path: Path) -> list[str]:
@@ -53,8 +57,8 @@ def _read_index(path: Path) -> list[str]:
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} not found: NegLabel reads WordNet 3.0 from the Debian package 'wordnet-base'. "
-            f"Fix: sudo apt-get install wordnet-base (or set {SYSTEM_DATA_ENV} to the folder that "
-            f"holds wordnet/{path.name})"
+            f"Fix: sudo apt-get install wordnet-base, or let the workflow's rule fetch_source download "
+            f"it (or set {SYSTEM_DATA_ENV} to the folder that holds wordnet/{path.name})"
         )
     lemmas = []
     with open(path, encoding="utf-8") as fh:

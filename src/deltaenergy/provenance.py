@@ -68,8 +68,20 @@ def device() -> dict:
     return info
 
 
-def collect_provenance(config: dict, manifests: list[str], feature_sidecars: list[str]) -> dict:
-    """Everything needed to tell whether two result folders are comparable."""
+def _dataset_sources(folder: Path) -> list[dict] | str:
+    record = folder / "sources.json"
+    if not record.exists():  # a dataset built before sources were recorded
+        return f"not recorded: rebuild with `snakemake --forcerun build_dataset` to record {record}"
+    return json.loads(record.read_text())
+
+
+def collect_provenance(config: dict, manifests: list[str], feature_sidecars: list[str],
+                       dataset_dirs: list[str] = ()) -> dict:
+    """Everything needed to tell whether two result folders are comparable.
+
+    ``dataset_dirs``: built dataset folders; their ``sources.json`` (registry package or verified download,
+    see :mod:`deltaenergy.data.sources`) become ``data_sources`` keyed by folder name.
+    """
     sidecars = [json.loads(Path(p).read_text()) for p in feature_sidecars]
     return {
         "benchmark": config["benchmark"],
@@ -81,6 +93,7 @@ def collect_provenance(config: dict, manifests: list[str], feature_sidecars: lis
         "device": device(),
         "seeds": {"data": config["data"]["seed"], "fewshot": config["fewshot"]["seeds"]},
         "manifests_sha256": {str(p): sha256_file(p) for p in manifests},
+        "data_sources": {Path(d).name: _dataset_sources(Path(d)) for d in dataset_dirs},
         "backbone": sidecars[0]["backbone"] if sidecars else None,
         "image_encoder_calls": sum(s["image_forward_count"] for s in sidecars),
         "images": sum(s["n_images"] for s in sidecars if "views" not in s),

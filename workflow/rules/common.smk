@@ -15,6 +15,7 @@ os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.envir
 
 from deltaenergy.config import validate_config, ConfigError  # noqa: E402
 from deltaenergy.data.classes import ID_CLASSES  # noqa: E402
+from deltaenergy.data.sources import DATASET_SOURCES, FETCHED_DATA_ENV, SOURCES, system_available  # noqa: E402
 
 try:
     _validated = validate_config(config)
@@ -47,6 +48,17 @@ def dataset_sizes(dataset):
     if dataset == ID_DATASET:
         return sizes[dataset]
     return sizes["covariate" if dataset in config["data"]["covariate"] else "ood"]
+
+
+# Data sources whose registry package is missing are downloaded (rule fetch_source) into FETCHED, shared
+# by all benchmarks; jobs find them through the environment.
+FETCHED = "resources/downloads"
+os.environ[FETCHED_DATA_ENV] = str(Path(FETCHED).resolve())
+
+
+def source_markers(keys):
+    """Completion markers of the data sources in `keys` whose registry package is not installed."""
+    return [f"{FETCHED}/{key}.complete" for key in keys if not system_available(key)]
 
 
 def features_path(dataset):

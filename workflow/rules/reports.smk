@@ -10,6 +10,7 @@ rule provenance:
     input:
         manifests=expand(f"{R}/manifests/{{dataset}}.csv", dataset=DATASETS),
         features=[f"{p}.json" for p in [*map(features_path, DATASETS), *VIEWS]],
+        data=expand(f"{R}/data/{{dataset}}", dataset=DATASETS),
     output:
         f"{R}/provenance.json",
     log:

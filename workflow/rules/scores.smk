@@ -5,6 +5,8 @@ NEGLABEL_SCORES = [c for c, spec in config["scores"].items() if spec["score"] ==
 
 
 rule mine_negative_labels:
+    input:
+        wordnet=source_markers(["wordnet"]),
     output:
         labels=f"{R}/neglabels/{BACKBONE}/{ID_DATASET}.npz",
         meta=f"{R}/neglabels/{BACKBONE}/{ID_DATASET}.json",

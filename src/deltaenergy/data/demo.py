@@ -1,4 +1,5 @@
-"""The offline demo benchmark's nine datasets, built from installed packages (no network).
+"""The offline demo benchmark's nine datasets, built from installed packages, or from verified downloads
+of the same data where a Debian data package is missing (:mod:`deltaenergy.data.sources`).
 
 Each dataset is materialised as PNG files ``<out_dir>/<dataset>/<split>/<index:05d>.png`` plus a
 manifest (see :mod:`deltaenergy.data.manifest`); manifest paths are ``out_dir`` joined as given
@@ -17,6 +18,7 @@ Disjointness therefore holds between datasets built with the same ``seed``.
 from __future__ import annotations
 
 import gzip
+import importlib.metadata
 import importlib.util
 import logging
 import os
@@ -38,11 +40,11 @@ from tqdm import tqdm
 from deltaenergy.data.classes import FASHION_MNIST_CLASSES
 from deltaenergy.data.images import load_image
 from deltaenergy.data.manifest import MANIFEST_COLUMNS, OOD_LABEL, validate_manifest
+from deltaenergy.data.sources import SYSTEM_DATA_ENV, system_data_root  # noqa: F401 (re-exported)
+from deltaenergy.data.sources import DATASET_SOURCES, resolve
+from deltaenergy.io import write_json
 
 log = logging.getLogger(__name__)
-
-SYSTEM_DATA_ENV = "DELTAENERGY_SYSTEM_DATA"
-"""Environment variable overriding the root of Debian-installed data (default ``/usr/share``)."""
 
 CLIPART_CATEGORIES = (
     "animals", "buildings", "electronics", "food", "plants", "science", "tools", "transportation",
@@ -99,18 +101,14 @@ class DemoDataset:
 # --------------------------------------------------------------------------- sources
 
 
-def system_data_root() -> Path:
-    """Root of Debian-installed data: ``$DELTAENERGY_SYSTEM_DATA`` or ``/usr/share``."""
-    return Path(os.environ.get(SYSTEM_DATA_ENV, "/usr/share"))
-
-
-def _system_path(relative: str, package: str) -> Path:
-    path = system_data_root() / relative
+def _source_path(key: str, relative: str = "") -> Path:
+    """``relative`` inside data source ``key`` (installed package, else its verified download)."""
+    folder, _ = resolve(key)
+    path = folder / relative
     if not path.exists():
         raise FileNotFoundError(
-            f"{path} not found: the demo benchmark reads it from the Debian package '{package}'. "
-            f"Fix: sudo apt-get install {package} (or set {SYSTEM_DATA_ENV} to the folder that "
-            f"holds {relative})"
+            f"{path} not found in data source '{key}' ({folder}). Fix: reinstall its package or delete "
+            f"the download {folder} and its .complete marker and fetch it again"
         )
     return path
 
@@ -153,8 +151,8 @@ def _fashion_mnist_cached(root: str, kind: str) -> tuple[np.ndarray, np.ndarray]
 def load_fashion_mnist(kind: str) -> tuple[np.ndarray, np.ndarray]:
     """IDX ``kind`` ('train' | 't10k') as read-only (N, 28, 28) uint8 images and (N,) int64 labels."""
     for suffix in ("images-idx3-ubyte.gz", "labels-idx1-ubyte.gz"):
-        _system_path(f"datasets/fashion-mnist/{kind}-{suffix}", "dataset-fashion-mnist")
-    return _fashion_mnist_cached(str(system_data_root() / "datasets/fashion-mnist"), kind)
+        _source_path("fashion-mnist", f"{kind}-{suffix}")
+    return _fashion_mnist_cached(str(_source_path("fashion-mnist")), kind)
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
@@ -415,10 +413,10 @@ def _build_digits(sizes: dict, seed: int) -> list[Part]:
 
 def clipart_paths() -> list[Path]:
     """Sorted openclipart-png files of :data:`CLIPART_CATEGORIES`, minus :data:`CLIPART_EXCLUDE`."""
-    root = _system_path("openclipart/png", "openclipart-png")
+    root = _source_path("openclipart")
     paths = []
     for category in CLIPART_CATEGORIES:
-        folder = _system_path(f"openclipart/png/{category}", "openclipart-png")
+        folder = _source_path("openclipart", category)
         paths += [p for p in folder.rglob("*.png") if not CLIPART_EXCLUDE.search(str(p.relative_to(root)))]
     return sorted(paths)
 
@@ -456,7 +454,7 @@ def texture_sources() -> list[tuple[str, np.ndarray]]:
     """(name, (H, W, 3) uint8) for every GIMP pattern (sorted paths), then skimage brick/grass/gravel."""
     import skimage.data
 
-    root = _system_path("gimp/2.0/patterns", "gimp-data")
+    root = _source_path("gimp-patterns")
     sources = [(str(p.relative_to(root)), read_gimp_pattern(p)) for p in sorted(root.rglob("*.pat"))]
     if not sources:
         raise FileNotFoundError(f"no .pat files under {root}. Fix: sudo apt-get install gimp-data")
@@ -530,6 +528,24 @@ DEMO_DATASETS: dict[str, DemoDataset] = {
 }  # fmt: skip
 
 
+_PYPI_SOURCES = {"animal_mnist": "animal-mnist", "digits": "scikit-learn", "textures": "scikit-image"}
+"""PyPI packages a demo dataset reads data files from (besides its :data:`DATASET_SOURCES`)."""
+
+
+def dataset_sources(name: str) -> list[dict]:
+    """Provenance of the data dataset ``name`` was built from: one record per source, saying whether it
+    came from the installed registry package or from a verified download (see :mod:`.sources`)."""
+    records = [resolve(key)[1] for key in DATASET_SOURCES[name]]
+    if name in _PYPI_SOURCES:
+        package = _PYPI_SOURCES[name]
+        try:
+            version = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            version = "not installed"
+        records.append({"source": package, "kind": "registry", "package": f"PyPI {package}", "version": version})
+    return records
+
+
 def _checked_sizes(dataset: DemoDataset, sizes: dict) -> dict:
     checked = {}
     for key in dataset.size_keys:
@@ -547,8 +563,9 @@ def build_demo_dataset(name: str, out_dir: Path, sizes: dict, seed: int) -> pd.D
 
     ``sizes`` needs the entry's ``size_keys`` (other keys are ignored). Images are written into
     ``out_dir/.name.tmp`` (a stale one is removed first) and renamed to ``out_dir/name`` only when all
-    are written, replacing an older build. The returned frame's ``attrs['skipped']`` counts source
-    files skipped as unreadable (clip art only).
+    are written, replacing an older build. ``out_dir/name/sources.json`` records where the data came
+    from (:func:`dataset_sources`; also ``attrs['sources']``). The returned frame's ``attrs['skipped']``
+    counts source files skipped as unreadable (clip art only).
     """
     if name not in DEMO_DATASETS:
         raise ValueError(f"unknown demo dataset '{name}'; known: {sorted(DEMO_DATASETS)}")
@@ -569,6 +586,8 @@ def build_demo_dataset(name: str, out_dir: Path, sizes: dict, seed: int) -> pd.D
                 Image.fromarray(image).save(folder / file, format="PNG")
                 rows.append((str(final / part.split / file), int(label), part.split, name, dataset.role))
         manifest = validate_manifest(pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS)), source=name)
+        sources = dataset_sources(name)
+        write_json(tmp / "sources.json", sources)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -579,4 +598,5 @@ def build_demo_dataset(name: str, out_dir: Path, sizes: dict, seed: int) -> pd.D
     if skipped:
         log.warning("%s: skipped %d unreadable source files", name, skipped)
     manifest.attrs["skipped"] = skipped
+    manifest.attrs["sources"] = sources
     return manifest
