@@ -58,3 +58,13 @@ wildcard_constraints:
     method="|".join(ZEROSHOT_METHODS + TRAINED_METHODS),
     shots=r"\d+",
     seed=r"\d+",
+
+
+def gpu_request(wildcards):
+    """The `gpu` resource of the GPU-capable rules: 1 where there is a GPU to take, else 0.
+
+    Cluster executors give each job its own (profiles/slurm: sbatch --gpus=1). Locally a job takes one
+    of the `gpu` slots of profiles/default (one job per GPU) when the machine has an NVIDIA GPU; without
+    one the jobs run on CPU and only --cores limits them. A function: the executor is known per job.
+    """
+    return 1 if workflow.non_local_exec or any(Path("/proc/driver/nvidia/gpus").glob("*")) else 0
