@@ -21,6 +21,7 @@ import socket
 import stat
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -146,7 +147,7 @@ def slurm_cluster(tmp_path_factory):
     confs = {ETC / "slurm.conf": slurm_conf(tmp, host, free_ports(2)),
              ETC / "gres.conf": f"AutoDetect=off\nName=gpu Type=testgpu File={','.join(map(str, gpus))}\n"}
     saved = {path: path.read_bytes() for path in confs if path.exists()}
-    daemons = []
+    daemons, outputs = [], []
     ETC.mkdir(exist_ok=True)
     try:
         for path, text in confs.items():
@@ -155,8 +156,8 @@ def slurm_cluster(tmp_path_factory):
                  f"--log-file={tmp}/munge/munged.log", f"--pid-file={tmp}/munge/munged.pid",
                  f"--seed-file={tmp}/munge/munged.seed"]
         for cmd in (munge, ["slurmctld", "-D"], ["slurmd", "-D"]):
-            log = open(tmp / "log" / f"{cmd[0]}.out", "w")
-            daemons.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
+            outputs.append(open(tmp / "log" / f"{cmd[0]}.out", "w"))
+            daemons.append(subprocess.Popen(cmd, stdout=outputs[-1], stderr=subprocess.STDOUT))
             time.sleep(1)
         deadline = time.monotonic() + 60
         state = ""
@@ -179,6 +180,8 @@ def slurm_cluster(tmp_path_factory):
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        for out in outputs:
+            out.close()
         for path in confs:
             if path in saved:
                 path.write_bytes(saved[path])
@@ -188,23 +191,23 @@ def slurm_cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def runs(slurm_cluster, tmp_path_factory):
-    """(local run folder, SLURM run folder, the SLURM run's Snakemake output, seconds per run)."""
+    """(local run folder, SLURM run folder, the SLURM run's Snakemake output)."""
     tmp = tmp_path_factory.mktemp("runs")
     config = small_config(tmp)
-    seconds = {}
-    start = time.monotonic()
-    local = snakemake(tmp / "local", config, "--cores", "2")
-    seconds["local"] = time.monotonic() - start
-    assert local.returncode == 0, local.stderr[-5000:]
-    start = time.monotonic()
     # Only what this cluster needs: it has no accounting database (sacct fails, squeue works since
     # MinJobAge is 600 s) and a test need not wait 40 s before the first status query.
-    slurm = snakemake(tmp / "slurm", config, "--profile", str(ROOT / "profiles" / "slurm"),
-                      "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2")
-    seconds["slurm"] = time.monotonic() - start
+    options = {"local": ["--cores", "2"],
+               "slurm": ["--profile", str(ROOT / "profiles" / "slurm"), "--slurm-status-command", "squeue",
+                         "--slurm-init-seconds-before-status-checks", "2"]}
+    # Both at once: the local run uses the CPU while the SLURM run waits between status queries.
+    start = time.monotonic()
+    with ThreadPoolExecutor(2) as pool:
+        futures = {name: pool.submit(snakemake, tmp / name, config, *extra) for name, extra in options.items()}
+        local, slurm = (futures[name].result() for name in options)
+    print(f"local and SLURM run: {time.monotonic() - start:.0f} s")
+    assert local.returncode == 0, local.stderr[-5000:]
     assert slurm.returncode == 0, slurm.stderr[-8000:]
-    print(f"local run {seconds['local']:.0f} s, SLURM run {seconds['slurm']:.0f} s")
-    return tmp / "local", tmp / "slurm", slurm.stdout + slurm.stderr, seconds
+    return tmp / "local", tmp / "slurm", slurm.stdout + slurm.stderr
 
 
 def job_table(job_id: str) -> dict[str, str]:
@@ -213,7 +216,7 @@ def job_table(job_id: str) -> dict[str, str]:
 
 
 def test_every_job_went_through_sbatch(runs):
-    _, slurm_dir, output, _ = runs
+    _, slurm_dir, output = runs
     submitted = re.findall(r"submitted with SLURM jobid (\d+)", output)
     # 2 datasets built and encoded, 1 few-shot draw, 1 training, 3 scoring runs (zero-shot, template
     # ensemble, coop), metrics: 10 jobs, each one SLURM job.
@@ -227,7 +230,7 @@ def test_every_job_went_through_sbatch(runs):
 
 
 def test_gpu_rules_get_a_gpu_and_cpu_rules_none(runs, slurm_cluster):
-    _, slurm_dir, _, _ = runs
+    _, slurm_dir, _ = runs
     # The plugin's log files: logs/slurm/rule_<rule>/[<wildcards>/]<job id>.log
     rule_of = {p.stem: p.relative_to(slurm_dir / "logs" / "slurm").parts[0].removeprefix("rule_")
                for p in (slurm_dir / "logs" / "slurm").rglob("*.log")}
@@ -247,7 +250,7 @@ def test_gpu_rules_get_a_gpu_and_cpu_rules_none(runs, slurm_cluster):
 
 
 def test_slurm_run_equals_local_run(runs):
-    local_dir, slurm_dir, _, _ = runs
+    local_dir, slurm_dir, _ = runs
     for target in TARGETS:
         local, slurm = (local_dir / target).read_bytes(), (slurm_dir / target).read_bytes()
         assert local == slurm, f"{target} differs between the local and the SLURM run"
