@@ -34,6 +34,7 @@ pytestmark = pytest.mark.workflow
 
 ETC = Path("/etc/slurm")
 GPU_RULES = {"extract_features", "train_prompt", "score_run"}  # the GPU-capable rules of this DAG
+CPU_RULES = {"build_dataset", "fewshot_manifest", "metrics"}
 SMALL = {
     "benchmark": "slurm_small",
     "data": {"covariate": [], "ood": ["digits"],
@@ -191,7 +192,7 @@ def slurm_cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def runs(slurm_cluster, tmp_path_factory):
-    """(local run folder, SLURM run folder, the SLURM run's Snakemake output)."""
+    """(local run folder, SLURM run folder, local run's Snakemake output, SLURM run's Snakemake output)."""
     tmp = tmp_path_factory.mktemp("runs")
     config = small_config(tmp)
     # Only what this cluster needs: it has no accounting database (sacct fails, squeue works since
@@ -207,7 +208,7 @@ def runs(slurm_cluster, tmp_path_factory):
     print(f"local and SLURM run: {time.monotonic() - start:.0f} s")
     assert local.returncode == 0, local.stderr[-5000:]
     assert slurm.returncode == 0, slurm.stderr[-8000:]
-    return tmp / "local", tmp / "slurm", slurm.stdout + slurm.stderr
+    return tmp / "local", tmp / "slurm", local.stdout + local.stderr, slurm.stdout + slurm.stderr
 
 
 def job_table(job_id: str) -> dict[str, str]:
@@ -216,7 +217,7 @@ def job_table(job_id: str) -> dict[str, str]:
 
 
 def test_every_job_went_through_sbatch(runs):
-    _, slurm_dir, output = runs
+    _, slurm_dir, _, output = runs
     submitted = re.findall(r"submitted with SLURM jobid (\d+)", output)
     # 2 datasets built and encoded, 1 few-shot draw, 1 training, 3 scoring runs (zero-shot, template
     # ensemble, coop), metrics: 10 jobs, each one SLURM job.
@@ -230,11 +231,11 @@ def test_every_job_went_through_sbatch(runs):
 
 
 def test_gpu_rules_get_a_gpu_and_cpu_rules_none(runs, slurm_cluster):
-    _, slurm_dir, _ = runs
+    _, slurm_dir, _, _ = runs
     # The plugin's log files: logs/slurm/rule_<rule>/[<wildcards>/]<job id>.log
     rule_of = {p.stem: p.relative_to(slurm_dir / "logs" / "slurm").parts[0].removeprefix("rule_")
                for p in (slurm_dir / "logs" / "slurm").rglob("*.log")}
-    assert set(rule_of.values()) == GPU_RULES | {"build_dataset", "fewshot_manifest", "metrics"}
+    assert set(rule_of.values()) == GPU_RULES | CPU_RULES
     seen = {}  # job id -> CUDA_VISIBLE_DEVICES of its tasks (batch script and srun step)
     for line in (slurm_cluster / "task_env.txt").read_text().splitlines():
         job_id, devices = line.split()
@@ -249,8 +250,26 @@ def test_gpu_rules_get_a_gpu_and_cpu_rules_none(runs, slurm_cluster):
             assert seen[job_id] == {"unset"}, (rule, seen[job_id])
 
 
+def requested_gpus(output: str) -> dict[str, set[int]]:
+    """Rule -> the `gpu` resource of its jobs, read from the job blocks Snakemake prints."""
+    found = {}
+    for rule, block in re.findall(r"^(?:local)?rule (\w+):\n((?: {4}.*\n)+)", output, re.M):
+        gpu = re.search(r"^ {4}resources: .*\bgpu=(\d+)", block, re.M)
+        found.setdefault(rule, set()).add(int(gpu[1]) if gpu else 0)
+    return found
+
+
+def test_gpu_requested_where_there_is_one(runs):
+    _, _, local, slurm = runs
+    # gpu_request (workflow/rules/common.smk): always on a cluster; locally only with an NVIDIA driver,
+    # else GPU-capable jobs would queue for the workstation's single gpu slot for nothing.
+    here = 1 if shutil.which("nvidia-smi") else 0
+    assert requested_gpus(slurm) == {rule: {int(rule in GPU_RULES)} for rule in GPU_RULES | CPU_RULES}
+    assert requested_gpus(local) == {rule: {here if rule in GPU_RULES else 0} for rule in GPU_RULES | CPU_RULES}
+
+
 def test_slurm_run_equals_local_run(runs):
-    local_dir, slurm_dir, _ = runs
+    local_dir, slurm_dir, _, _ = runs
     for target in TARGETS:
         local, slurm = (local_dir / target).read_bytes(), (slurm_dir / target).read_bytes()
         assert local == slurm, f"{target} differs between the local and the SLURM run"
