@@ -3,9 +3,9 @@
 A small demo DAG (one method, 1 shot, seed 1, three scores, one OOD set, no covariate set) runs once
 locally and once through ``--profile profiles/slurm``. Asserted: every job of the SLURM run went through
 ``sbatch`` (its SLURM job id is in Snakemake's output, in the plugin's log file name and in SLURM's job
-table), the GPU-capable rules were allocated a GPU (fake GRES devices: ``--gpus=1`` scheduled and
-``CUDA_VISIBLE_DEVICES`` set in the job, CPU rules neither), and the metrics tables of both runs are
-byte-identical. The jobs see no CUDA driver, so they compute on CPU like the local run.
+table), the GPU-capable rules requested and were allocated a GPU (fake GRES devices: ``--gpus=1``
+scheduled and ``CUDA_VISIBLE_DEVICES`` set in the job, CPU rules neither; the local run requests none
+without an NVIDIA driver), and the metrics tables of both runs are byte-identical. The jobs see no CUDA driver, so they compute on CPU like the local run.
 
 The cluster's configuration, state and logs live in a temporary folder, except slurm.conf and gres.conf:
 the plugin's job step drops every SLURM_* variable (SLURM_CONF too) before calling srun, so they must be
