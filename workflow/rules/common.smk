@@ -2,6 +2,7 @@
 # Rules pass the config slices they depend on as `params`, so changing one re-runs exactly the jobs it
 # affects (Snakemake's params rerun trigger); scripts read their settings from snakemake.params.
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -75,3 +76,14 @@ wildcard_constraints:
     method="|".join(ZEROSHOT_METHODS + TRAINED_METHODS),
     shots=r"\d+",
     seed=r"\d+",
+
+
+def gpu_request(wildcards):
+    """The `gpu` resource of the GPU-capable rules: 1 where there is a GPU to take, else 0.
+
+    Cluster executors give each job its own (profiles/slurm: sbatch --gpus=1). Locally a job takes one
+    of the `gpu` slots of profiles/default (one job per GPU) when the machine has an NVIDIA driver
+    (nvidia-smi); without one the jobs run on CPU and only --cores limits them. A function: the executor
+    is known per job.
+    """
+    return 1 if workflow.non_local_exec or shutil.which("nvidia-smi") else 0

@@ -19,6 +19,7 @@ rule extract_features:
     resources:
         mem_mb=4000,
         runtime=60,
+        gpu=gpu_request,
     conda:
         "../envs/torch.yaml"
     script:

@@ -22,6 +22,7 @@ rule mine_negative_labels:
     resources:
         mem_mb=3000,
         runtime=60,
+        gpu=gpu_request,
     conda:
         "../envs/torch.yaml"
     script:
@@ -57,6 +58,7 @@ rule score_run:
     resources:
         mem_mb=3000,
         runtime=30,
+        gpu=gpu_request,
     conda:
         "../envs/torch.yaml"
     script:

@@ -26,6 +26,7 @@ rule train_prompt:
     resources:
         mem_mb=3000,
         runtime=60,
+        gpu=gpu_request,
     conda:
         "../envs/torch.yaml"
     script:

@@ -9,7 +9,8 @@ with log_to(snakemake.log[0]):
     torch.set_num_threads(snakemake.threads)
     params = snakemake.params
     cfg = params.neglabel
-    backbone = build_backbone(params.backbone["name"], **params.backbone["options"])
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the job's GPU when one is visible
+    backbone = build_backbone(params.backbone["name"], **params.backbone["options"]).to(device)
     words = wordnet_lemmas(exclude=params.classnames)
     chosen, feats = mine_negative_labels(backbone, params.classnames, words, template=cfg["template"],
                                          percentile=cfg["percentile"], pct_neg=cfg["pct_neg"],

@@ -15,17 +15,20 @@ with log_to(snakemake.log[0]):
     torch.set_num_threads(snakemake.threads)
     params = snakemake.params
     method = snakemake.wildcards.method
-    backbone = build_backbone(params.backbone["name"], **params.backbone["options"])
+    # Text features on the job's GPU when one is visible (e.g. allocated by SLURM), else CPU; the scores
+    # themselves are computed on CPU from the cached image features.
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    backbone = build_backbone(params.backbone["name"], **params.backbone["options"]).to(device)
     with torch.no_grad():
         if method == "zeroshot":
-            text = zeroshot_text_features(backbone, params.classnames, [params.zeroshot["template"]])
+            text = zeroshot_text_features(backbone, params.classnames, [params.zeroshot["template"]]).cpu()
         elif method == "zeroshot_ensemble":
-            text = zeroshot_text_features(backbone, params.classnames, template_ensemble(params.zeroshot["ensemble"]))
+            text = zeroshot_text_features(backbone, params.classnames, template_ensemble(params.zeroshot["ensemble"])).cpu()
         else:
             learner = build_learner(backbone, params.classnames, params.method, params.prompt, seed=0)
             learner.load_learned_state(torch.load(snakemake.input.prompt, map_location="cpu", weights_only=True)["state"])
             # CoCoOp's class texts depend on the image: score_table calls this per chunk of image features.
-            text = (lambda f: image_conditioned_text(learner, f)) if isinstance(learner, ConditionalPromptLearner) else learner()
+            text = (lambda f: image_conditioned_text(learner, f)) if isinstance(learner, ConditionalPromptLearner) else learner().cpu()
     neglabels = snakemake.input.neglabels  # the mined-labels file, or empty when no neglabel score is configured
     neg_text = load_negative_labels(neglabels)[1] if neglabels else None
     for features, manifest, out in zip(snakemake.input.features, snakemake.input.manifests, snakemake.output):
