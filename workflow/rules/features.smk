@@ -47,6 +47,7 @@ rule extract_views:
     resources:
         mem_mb=4000,
         runtime=60,
+        gpu=gpu_request,
     conda:
         "../envs/torch.yaml"
     script:
