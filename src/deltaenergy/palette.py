@@ -17,7 +17,7 @@ METHOD_COLORS = {
     "cocoop": "#009E73",
     "locoop": "#CC79A7",
 }
-EXTRA_COLORS = ("#8C564B", "#F0E442", "#17BECF", "#000000", "#BCBD22", "#9467BD", "#E377C2")
+EXTRA_COLORS = ("#8C564B", "#17BECF", "#9467BD", "#000000", "#BCBD22", "#E377C2", "#F0E442")
 # ID green, covariate shift light blue, semantic OOD orange: the same in every plot by role.
 ROLE_COLORS = {"id": "#009E73", "covariate": "#56B4E9", "ood": "#E69F00"}
 ZEROSHOT_FIRST = ("zeroshot", "zeroshot_ensemble")
