@@ -1,7 +1,7 @@
 # Diagnostics (the paper's figures) and ablations: data rules over cached features and trained prompts,
 # then one papermill notebook -> HTML (+ its figure PNG) per figure. Settings: `diagnostics:` and
 # `ablations:` in the config (validated at DAG construction: untrained methods, unlabelled domains).
-import json
+import os
 import re
 
 from deltaenergy.config import ebm_grid_variants
@@ -51,32 +51,6 @@ HESSIAN_RUNS = [(m, DIAG_SHOTS, s) for m in HESSIAN["methods"] for s in HESSIAN[
 C_SWEEP_RUNS = [(m, 0, 0) if m in ZEROSHOT_METHODS else (m, DIAG_SHOTS, s)
                 for m in ABL["c_sweep"]["methods"] for s in ([0] if m in ZEROSHOT_METHODS else SEEDS)]
 C_SWEEP_RUNS = list(dict.fromkeys(C_SWEEP_RUNS))
-
-
-def score_paths(runs, datasets=DATASETS, root="scores"):
-    return [f"{R}/{root}/{m}/shots{k}_seed{s}/{d}.parquet" for m, k, s in runs for d in datasets]
-
-
-def figure(name, figure_number):
-    """A report figure, registered for `snakemake --report` under "Figures"."""
-    return report(f"{R}/reports/figures/{name}.png", category="Figures",
-                  labels={"figure": figure_number, "report": name})
-
-
-def notebook_html(name):
-    return report(f"{R}/reports/{name}.html", category="Reports", labels={"report": name})
-
-
-# papermill runs the notebook with a JSON (= YAML) parameter dict, nbconvert renders it without input.
-NOTEBOOK_SHELL = (
-    "(papermill {input.notebook:q} {output.notebook:q} -y {params.nb:q} --no-progress-bar"
-    " && jupyter nbconvert --to html --no-input {output.notebook:q} --output-dir {params.outdir:q}"
-    " --output {params.name:q}) > {log:q} 2>&1"
-)
-
-
-def nb_params(name, **kw):
-    return json.dumps({"results_dir": R, "figure": f"{R}/reports/figures/{name}.png", **kw})
 
 
 rule masking_zeroshot_data:
@@ -244,7 +218,7 @@ rule energy_change:
         figure=figure("energy_change", "Fig. 1A"),
     params:
         name="energy_change",
-        outdir=f"{R}/reports",
+        outdir=lambda w, output: os.path.dirname(output.html),
         nb=lambda w, input: nb_params("energy_change", score_files=list(input.scores),
                                       score=DIAG["energy_change"]["score"]),
     log:
@@ -270,7 +244,7 @@ rule masking_zeroshot:
         figure=figure("masking_zeroshot", "Fig. 3"),
     params:
         name="masking_zeroshot",
-        outdir=f"{R}/reports",
+        outdir=lambda w, output: os.path.dirname(output.html),
         nb=lambda w, input: nb_params("masking_zeroshot", data=input.data, tau=DIAG["masking"]["tau"]),
     log:
         f"{R}/logs/reports/masking_zeroshot.log",
@@ -296,7 +270,7 @@ rule hessian_consistency:
         figure=figure("hessian_consistency", "Fig. 1B"),
     params:
         name="hessian_consistency",
-        outdir=f"{R}/reports",
+        outdir=lambda w, output: os.path.dirname(output.html),
         nb=lambda w, input: nb_params("hessian_consistency", hessian_files=list(input.hessian)),
     log:
         f"{R}/logs/reports/hessian_consistency.log",
@@ -322,7 +296,7 @@ rule radar:
         figure=figure("radar", "Fig. 1C"),
     params:
         name="radar",
-        outdir=f"{R}/reports",
+        outdir=lambda w, output: os.path.dirname(output.html),
         nb=nb_params("radar", score=DIAG["radar"]["score"], shots=DIAG_SHOTS),
     log:
         f"{R}/logs/reports/radar.log",
@@ -348,7 +322,7 @@ rule fewshot_curves:
         figure=figure("fewshot_curves", "few-shot"),
     params:
         name="fewshot_curves",
-        outdir=f"{R}/reports",
+        outdir=lambda w, output: os.path.dirname(output.html),
         nb=nb_params("fewshot_curves", score=DIAG["radar"]["score"]),
     log:
         f"{R}/logs/reports/fewshot_curves.log",
@@ -373,7 +347,7 @@ rule ablation_c_sweep:
         figure=figure("ablation_c_sweep", "ablation c"),
     params:
         name="ablation_c_sweep",
-        outdir=f"{R}/reports",
+        outdir=lambda w, output: os.path.dirname(output.html),
         nb=lambda w, input: nb_params("ablation_c_sweep", sweep=input.sweep, configured_c=config["scores"][ABL["c_sweep"]["score"]]["c"]),
     log:
         f"{R}/logs/reports/ablation_c_sweep.log",
@@ -403,7 +377,7 @@ if EBM_GRID:
             figure=figure("ablation_ebm_grid", "ablation EBM"),
         params:
             name="ablation_ebm_grid",
-            outdir=f"{R}/reports",
+            outdir=lambda w, output: os.path.dirname(output.html),
             nb=lambda w, input: nb_params("ablation_ebm_grid", variant_files=list(input.variants),
                                           baseline_files=list(input.baselines), variants=EBM_GRID,
                                           base=GRID["base"], base_spec=config["methods"][GRID["base"]],
