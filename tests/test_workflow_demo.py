@@ -118,6 +118,7 @@ def test_snakemake_report_zip(two_runs, run_snakemake):
         (lambda c: c["diagnostics"]["hessian"].update(domains=["textures"]),
          "'textures' is a semantic-OOD set and has no labels"),
     ],
+    ids=["untrained_method", "unlabelled_domain"],
 )
 def test_bad_diagnostics_request_stops_at_dag_construction(tmp_path, run_snakemake, edit, message):
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
