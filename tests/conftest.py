@@ -40,10 +40,12 @@ def reduced_config(tmp: Path) -> Path:
 
 
 def _run_snakemake(workdir: Path, config: Path, *extra: str) -> subprocess.CompletedProcess:
+    # One reduced run is ~390 CPU-s of jobs (~110 of them diagnostics); on 2 cores shared at load ~10 it
+    # took over 25 min, hence the 40-min cap.
     workdir.mkdir(parents=True, exist_ok=True)
     return subprocess.run(
         [*SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--configfile", str(config), "--cores", "2", *extra],
-        cwd=workdir, capture_output=True, text=True, timeout=1500,
+        cwd=workdir, capture_output=True, text=True, timeout=2400,
     )
 
 
