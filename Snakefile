@@ -17,10 +17,12 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/features.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/scores.smk"
+include: "workflow/rules/diagnostics.smk"
 include: "workflow/rules/reports.smk"
 
 
 rule all:
     input:
         f"{R}/reports/index.html",
+        expand(f"{R}/reports/{{report}}.html", report=DIAGNOSTIC_REPORTS),
     default_target: True

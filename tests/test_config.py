@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deltaenergy.config import ConfigError, load_config, validate_config
+from deltaenergy.config import ConfigError, ebm_grid_variants, load_config, validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,3 +62,53 @@ def test_load_config_names_the_file(tmp_path, demo):
     path.write_text(yaml.safe_dump(demo))
     with pytest.raises(ConfigError, match=r"(?s)cfg.yaml.*config key .benchmark."):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda c: c["diagnostics"]["hessian"].update(methods=["coop", "locoop"]),
+         "config key 'diagnostics.hessian.methods': method 'locoop' was not trained"),
+        (lambda c: c["ablations"]["c_sweep"].update(methods=["zeroshot", "cocoop"]),
+         "config key 'ablations.c_sweep.methods': method 'cocoop' was not trained"),
+        (lambda c: c["diagnostics"]["hessian"].update(domains=["fmnist_sketch", "digits"]),
+         "config key 'diagnostics.hessian.domains': 'digits' is a semantic-OOD set and has no labels"),
+        (lambda c: c["data"].update(covariate=["fmnist_sketch"]) or c["diagnostics"]["hessian"].update(
+            domains=["fmnist_corrupt"]), "config key 'diagnostics.hessian.domains': ['fmnist_corrupt'] not in"),
+        (lambda c: c["diagnostics"].update(shots=8), "config key 'diagnostics.shots': [8] not in fewshot.shots"),
+        (lambda c: c["diagnostics"]["hessian"].update(seeds=[4]), "config key 'diagnostics.hessian.seeds'"),
+        (lambda c: c["diagnostics"]["energy_change"].update(score="energy"),
+         "config key 'diagnostics.energy_change.score': scores.energy is a energy score"),
+        (lambda c: c["diagnostics"]["radar"].update(score="nope"), "config key 'diagnostics.radar.score': 'nope'"),
+        (lambda c: c["ablations"]["c_sweep"].update(c=[1, 11]), "config key 'ablations.c_sweep.c': [11] exceed"),
+        (lambda c: c["ablations"]["ebm_grid"].update(base="coop"), "methods.coop is of kind 'coop'"),
+        (lambda c: c["ablations"]["ebm_grid"].update(seed=7), "config key 'ablations.ebm_grid.seed'"),
+    ],
+)
+def test_diagnostics_requests_are_checked(demo, edit, message):
+    edit(demo)
+    with pytest.raises(ConfigError) as err:
+        validate_config(demo)
+    assert message in str(err.value)
+
+
+def test_diagnostics_nulls_resolve_to_the_study(demo):
+    cfg = validate_config(demo)
+    diag, abl = cfg["diagnostics"], cfg["ablations"]
+    assert diag["shots"] == max(demo["fewshot"]["shots"]) == abl["ebm_grid"]["shots"]
+    assert diag["hessian"]["seeds"] == demo["fewshot"]["seeds"]
+    assert diag["hessian"]["domains"] == demo["data"]["covariate"]
+    assert abl["c_sweep"]["methods"] == ["zeroshot", *demo["methods"]]
+    del demo["diagnostics"], demo["ablations"]
+    bare = validate_config(demo)
+    assert bare["diagnostics"]["hessian"]["methods"] == list(demo["methods"]) and bare["ablations"]["ebm_grid"] is None
+    assert ebm_grid_variants(bare) == {}
+
+
+def test_ebm_grid_variants_change_only_the_grid_keys(demo):
+    demo["ablations"]["ebm_grid"].update(**{"lambda": [0.5, 2.0], "mask_mode": ["keep_negative"], "anchor": ["label"]})
+    variants = ebm_grid_variants(validate_config(demo))
+    base = validate_config(demo)["methods"]["ebm"]
+    assert list(variants) == ["ebm_lam0.5_keep_negative_label", "ebm_lam2_keep_negative_label"]
+    for spec, lam in zip(variants.values(), [0.5, 2.0]):
+        assert spec == {**base, "lambda": lam, "mask_mode": "keep_negative", "anchor": "label"}

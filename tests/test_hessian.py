@@ -212,3 +212,17 @@ def test_prompt_hessian_exact_vs_hutchinson(prompt):
     assert abs(s.top_eigenvalue - _dominant(h)) <= max(s.top_eigenvalue_residual, 1e-3 * abs(_dominant(h)))
     same = hessian_consistency(loss, loss, theta, max_exact_params=0, n_probes=8)
     assert same["cosine"] == pytest.approx(1.0) and same["distance"] == 0.0
+
+
+def test_prompt_loss_of_an_image_conditioned_prompt(prompt):
+    """CoCoOp: the loss uses each image's own class texts (meta-net fixed) and chunking changes nothing."""
+    from deltaenergy.prompts import ConditionalPromptLearner
+
+    learner, x, y, *_ = prompt
+    cond = ConditionalPromptLearner(learner.backbone, FMNIST, n_ctx=1, generator=torch.Generator().manual_seed(2))
+    x, y = x[:6], y[:6]
+    with torch.no_grad():
+        ref = F.cross_entropy(torch.einsum("nd,nkd->nk", x, cond(x)) / 0.01, y)
+    theta = cond.ctx.detach().flatten()
+    for chunk in [None, 4]:
+        assert float(prompt_loss_fn(cond, x, y, tau=0.01, chunk=chunk)(theta)) == pytest.approx(float(ref), rel=1e-5)

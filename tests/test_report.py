@@ -22,6 +22,28 @@ def test_index_links_reports_and_flags_the_standin(tmp_path):
     page = (tmp_path / "index.html").read_text()
     assert 'href="detection_table.html"' in page and "Detection &lt;table&gt;" in page
     assert "stand-in for CLIP" in page and "uncommitted changes" in page
+    assert "<h2>Figures</h2>" not in page
+    write_index(tmp_path / "index.html", {"radar": "Fig. 1C"}, prov, {"figures/radar.png": "Radar <of> methods"})
+    page = (tmp_path / "index.html").read_text()
+    assert '<li><a href="figures/radar.png">radar</a>: Radar &lt;of&gt; methods</li>' in page
+
+
+def test_save_figure_writes_a_png_and_the_banner_names_the_standin(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from deltaenergy.report import save_figure, standin_banner
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1])
+    save_figure(fig, tmp_path / "f" / "x.png")
+    assert Image.open(tmp_path / "f" / "x.png").format == "PNG"
+    assert [p.name for p in (tmp_path / "f").iterdir()] == ["x.png"]
+    assert "standin-conse" in standin_banner({"backbone": {"name": "standin-conse"}})
+    assert standin_banner({"backbone": {"name": "openclip"}}) is None and standin_banner(None) is None
 
 
 def _detection(values):

@@ -1,11 +1,9 @@
-"""The demo DAG end to end on a reduced config: outputs, metrics vs scikit-learn, image-encoder calls,
-determinism (two runs in two folders give identical metrics), and a second run that does nothing."""
+"""The demo DAG end to end on a reduced config (the session fixture ``two_runs`` of conftest.py): outputs,
+metrics vs scikit-learn, image-encoder calls, determinism (two runs in two folders give identical
+metrics), a second run that does nothing, `snakemake --report`, and config errors before any job."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
+import zipfile
 
 import numpy as np
 import pandas as pd
@@ -13,55 +11,9 @@ import pytest
 import yaml
 from sklearn.metrics import roc_auc_score, roc_curve
 
-ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+from conftest import REDUCED, ROOT
+
 pytestmark = pytest.mark.workflow
-
-REDUCED = {
-    "data": {"sizes": {"fashion_mnist": {"train_per_class": 6, "val_per_class": 2, "test_per_class": 8},
-                       "covariate": {"n_per_class": 3}, "ood": {"n": 24}}},
-    "fewshot": {"shots": [4], "seeds": [1, 2]},
-    "train": {"epochs": 3},
-    "features": {"views": 2},
-    "neglabel": {"max_candidates": 300},
-    # Every training method at this tiny size; CoCoOp's own shorter schedule overridden to fit.
-    "methods": {"locoop": {"kind": "locoop", "lambda": 0.25, "top_k": 2},
-                "cocoop": {"kind": "cocoop", "train": {"epochs": 2}}},
-}
-
-
-def _merge(base, over):
-    for key, value in over.items():
-        base[key] = _merge(base.get(key, {}), value) if isinstance(value, dict) else value
-    return base
-
-
-def reduced_config(tmp: Path) -> Path:
-    cfg = _merge(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()), REDUCED)
-    cfg["benchmark"] = "demo_small"
-    path = tmp / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def run_snakemake(workdir: Path, config: Path, *extra: str) -> subprocess.CompletedProcess:
-    workdir.mkdir(parents=True, exist_ok=True)
-    return subprocess.run(
-        [*SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--configfile", str(config), "--cores", "2", *extra],
-        cwd=workdir, capture_output=True, text=True, timeout=1500,
-    )
-
-
-@pytest.fixture(scope="module")
-def two_runs(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("demo")
-    config = reduced_config(tmp)
-    runs = []
-    for name in ["run1", "run2"]:
-        proc = run_snakemake(tmp / name, config)
-        assert proc.returncode == 0, proc.stderr[-5000:]
-        runs.append(tmp / name / "results" / "demo_small")
-    return config, tmp, runs
 
 
 def test_outputs_follow_the_contract(two_runs):
@@ -127,14 +79,65 @@ def test_same_config_gives_identical_metrics(two_runs):
                                       check_exact=True)
 
 
-def test_second_run_does_nothing(two_runs):
+def test_second_run_does_nothing(two_runs, run_snakemake):
     config, tmp, _ = two_runs
     proc = run_snakemake(tmp / "run1", config, "-n")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
 
-def test_bad_config_key_stops_before_any_job(tmp_path):
+def test_diagnostics_outputs(two_runs):
+    _, _, (res, res2) = two_runs
+    hessian = pd.read_csv(res / "diagnostics" / "hessian" / "ebm" / "shots4_seed1.csv")
+    covariate = ["fmnist_resampled", "fmnist_sketch", "fmnist_corrupt", "fmnist_rendition"]
+    assert hessian["domain"].tolist() == ["masked_id", *covariate]
+    assert set(hessian["mode"]) == {"hutchinson"} and (hessian["cosine"].abs() <= 1 + 3 * hessian["cosine_se"]).all()
+    pd.testing.assert_frame_equal(hessian, pd.read_csv(res2 / "diagnostics" / "hessian" / "ebm" / "shots4_seed1.csv"))
+    sweep = pd.read_csv(res / "ablations" / "c_sweep.csv")
+    det = pd.read_csv(res / "metrics" / "detection.csv")
+    # c = 1 of the sweep is the configured delta_energy column (c = 1, v = 0): the same AUROCs, up to one
+    # ID/OOD pair whose float32 similarities round differently (a pair is 1/(80 x 24) = 5e-4 of AUROC).
+    merged = sweep[sweep["c"] == 1].merge(det[det["score"] == "delta_energy"], on=["method", "shots", "seed", "dataset"])
+    assert len(merged) == len(sweep[sweep["c"] == 1]) > 0
+    np.testing.assert_allclose(merged["auroc_x"], merged["auroc_y"], atol=6e-4)
+    index = (res / "reports" / "index.html").read_text()
+    for name in ["energy_change", "masking_zeroshot", "hessian_consistency", "radar", "ablation_c_sweep",
+                 "fewshot_curves", "ablation_ebm_grid"]:
+        assert f'href="{name}.html"' in index and f'href="figures/{name}.png"' in index
+
+
+def test_snakemake_report_zip(two_runs, run_snakemake):
+    config, tmp, _ = two_runs
+    proc = run_snakemake(tmp / "run1", config, "--report", "report.zip")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    with zipfile.ZipFile(tmp / "run1" / "report.zip") as archive:
+        names = archive.namelist()
+    for name in ["radar.png", "hessian_consistency.png", "detection_table.html", "energy_change.html"]:
+        assert any(n.endswith(name) for n in names), name
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda c: c["diagnostics"]["hessian"].update(methods=["coop", "maple"]),
+         "config key 'diagnostics.hessian.methods': method 'maple' was not trained"),
+        (lambda c: c["diagnostics"]["hessian"].update(domains=["textures"]),
+         "'textures' is a semantic-OOD set and has no labels"),
+    ],
+    ids=["untrained_method", "unlabelled_domain"],
+)
+def test_bad_diagnostics_request_stops_at_dag_construction(tmp_path, run_snakemake, edit, message):
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    edit(cfg)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = run_snakemake(tmp_path / "w", path, "-n")
+    assert proc.returncode != 0
+    assert message in proc.stdout + proc.stderr
+    assert not (tmp_path / "w" / "results").exists()
+
+
+def test_bad_config_key_stops_before_any_job(tmp_path, run_snakemake):
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     cfg["train"]["learning_rate"] = 0.1
     path = tmp_path / "bad.yaml"

@@ -14,6 +14,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+# Untrained runs, filed as shots0_seed0 (the workflow's zero-shot methods).
+ZEROSHOT_METHODS = ("zeroshot", "zeroshot_ensemble")
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
 
 
@@ -56,6 +58,7 @@ def validate_config(config: dict, schema: dict | None = None) -> dict:
     _fill_defaults(schema, config)
     check_method_train(config, schema)
     check_consistency(config)
+    resolve_diagnostics(config)
     return config
 
 
@@ -99,6 +102,94 @@ def check_consistency(config: dict) -> None:
                 f"config key 'scores.{column}.c': c = {spec['c']} must be between 1 and the number "
                 f"of ID classes ({n_classes})"
             )
+    check_diagnostics(config)
+
+
+def _check_methods(key: str, names: list[str] | None, config: dict, zeroshot: bool = False) -> None:
+    """Every name must be a trained method (a key of ``methods``), or zero-shot where ``zeroshot``."""
+    allowed = [*(ZEROSHOT_METHODS if zeroshot else ()), *config["methods"]]
+    for name in names or []:
+        if name not in allowed:
+            raise ConfigError(
+                f"config key '{key}': method {name!r} was not trained: it is not a key of 'methods' "
+                f"(available: {', '.join(allowed)}); add it to 'methods' or remove it from '{key}'"
+            )
+
+
+def _check_member(key: str, values, allowed: list, what: str) -> None:
+    bad = [v for v in (values if isinstance(values, list) else [values]) if v is not None and v not in allowed]
+    if bad:
+        raise ConfigError(f"config key '{key}': {bad} not in {what} {allowed}; use one of those")
+
+
+def check_diagnostics(config: dict) -> None:
+    """Cross-key checks of ``diagnostics`` and ``ablations``: methods trained, datasets labelled, shots and
+    seeds of the study, score columns of the right kind."""
+    from .data.classes import ID_CLASSES
+
+    diag, abl, data, scores = config["diagnostics"], config["ablations"], config["data"], config["scores"]
+    shots, seeds = config["fewshot"]["shots"], config["fewshot"]["seeds"]
+    _check_member("diagnostics.shots", diag["shots"], shots, "fewshot.shots")
+    hess = diag["hessian"]
+    _check_methods("diagnostics.hessian.methods", hess["methods"], config)
+    _check_member("diagnostics.hessian.seeds", hess["seeds"], seeds, "fewshot.seeds")
+    for name in hess["domains"] or []:
+        if name in data["ood"]:
+            raise ConfigError(
+                f"config key 'diagnostics.hessian.domains': {name!r} is a semantic-OOD set and has no labels "
+                f"(label -1), so its cross-entropy Hessian is undefined; use labelled sets: {data['covariate']}"
+            )
+        _check_member("diagnostics.hessian.domains", name, data["covariate"], "the covariate sets of data.covariate")
+    for key, column, kind in [("diagnostics.energy_change.score", diag["energy_change"]["score"], "delta_energy"),
+                              ("ablations.c_sweep.score", abl["c_sweep"]["score"], "delta_energy"),
+                              ("diagnostics.radar.score", diag["radar"]["score"], None)]:
+        if column not in scores:
+            raise ConfigError(f"config key '{key}': {column!r} is not a column of 'scores' ({', '.join(scores)})")
+        if kind and scores[column]["score"] != kind:
+            raise ConfigError(f"config key '{key}': scores.{column} is a {scores[column]['score']} score; "
+                              f"name a column whose score is {kind}")
+    _check_methods("ablations.c_sweep.methods", abl["c_sweep"]["methods"], config, zeroshot=True)
+    n_classes = len(ID_CLASSES[data["id"]])
+    too_big = [c for c in abl["c_sweep"]["c"] if c > n_classes]
+    if too_big:
+        raise ConfigError(f"config key 'ablations.c_sweep.c': {too_big} exceed the number of ID classes ({n_classes})")
+    grid = abl["ebm_grid"]
+    if grid is not None:
+        base = grid["base"]
+        _check_methods("ablations.ebm_grid.base", [base], config)
+        if config["methods"][base]["kind"] != "ebm":
+            raise ConfigError(f"config key 'ablations.ebm_grid.base': methods.{base} is of kind "
+                              f"{config['methods'][base]['kind']!r}; the grid varies an ebm method")
+        _check_member("ablations.ebm_grid.shots", grid["shots"], shots, "fewshot.shots")
+        _check_member("ablations.ebm_grid.seed", grid["seed"], seeds, "fewshot.seeds")
+
+
+def resolve_diagnostics(config: dict) -> None:
+    """Replace the ``null`` (= "all" / "largest") entries of ``diagnostics`` and ``ablations`` by values."""
+    diag, abl = config["diagnostics"], config["ablations"]
+    if diag["shots"] is None:
+        diag["shots"] = max(config["fewshot"]["shots"])
+    hess = diag["hessian"]
+    hess["methods"] = list(config["methods"]) if hess["methods"] is None else hess["methods"]
+    hess["seeds"] = list(config["fewshot"]["seeds"]) if hess["seeds"] is None else hess["seeds"]
+    hess["domains"] = list(config["data"]["covariate"]) if hess["domains"] is None else hess["domains"]
+    sweep = abl["c_sweep"]
+    sweep["methods"] = ["zeroshot", *config["methods"]] if sweep["methods"] is None else sweep["methods"]
+    if abl["ebm_grid"] is not None and abl["ebm_grid"]["shots"] is None:
+        abl["ebm_grid"]["shots"] = diag["shots"]
+
+
+def ebm_grid_variants(config: dict) -> dict[str, dict]:
+    """``{variant name: methods entry}`` of the EBM ablation grid (empty without one); names read
+    ``<base>_lam<λ>_<mask_mode>_<anchor>``."""
+    grid = config["ablations"]["ebm_grid"]
+    if grid is None:
+        return {}
+    base = config["methods"][grid["base"]]
+    return {
+        f"{grid['base']}_lam{lam:g}_{mode}_{anchor}": {**base, "lambda": lam, "mask_mode": mode, "anchor": anchor}
+        for lam in grid["lambda"] for mode in grid["mask_mode"] for anchor in grid["anchor"]
+    }
 
 
 def load_config(path: str | Path) -> dict:

@@ -36,6 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from .methods.losses import similarities
+from .prompts import ConditionalPromptLearner
+
 LossFn = Callable[[torch.Tensor], torch.Tensor]
 HVP_METHODS = ("rev-rev", "fwd-rev")
 # Exact mode costs p HVPs. Stand-in prompt, 2 quiet CPU cores (benchmarks/bench_hessian.py): exact
@@ -69,7 +72,10 @@ def prompt_loss_fn(
 
     ``text(theta)`` is ``learner`` run with its ``ctx`` parameter replaced by ``theta.view_as(ctx)``
     (``torch.func.functional_call``). ``chunk`` bounds the logits' memory: per-chunk CE sums over at
-    most ``chunk`` samples, divided by the sample count (the same mean).
+    most ``chunk`` samples, divided by the sample count (the same mean). A ``ConditionalPromptLearner``
+    (CoCoOp) gets each chunk's features and gives per-image text ``[n, K, D]``; its meta-net is held
+    fixed (theta is the context only), and every HVP then runs the text tower on n·K prompts.
+    Labels must be class indices >= 0: a domain without labels (semantic OOD, label -1) has no CE.
     """
     if feats.ndim != 2 or labels.shape != (feats.shape[0],):
         raise ValueError(
@@ -80,6 +86,12 @@ def prompt_loss_fn(
         raise ValueError(f"hessian[{name}]: the domain has no samples; the Hessian of an empty mean is undefined")
     if tau <= 0:
         raise ValueError(f"hessian[{name}]: tau must be > 0, got {tau}")
+    if (labels < 0).any():
+        raise ValueError(
+            f"hessian[{name}]: {int((labels < 0).sum())} samples have no label (-1, semantic OOD); the "
+            f"cross-entropy Hessian needs labelled domains (ID or covariate-shifted sets)"
+        )
+    conditional = isinstance(learner, ConditionalPromptLearner)
     ctx = learner.ctx
     feats = feats.to(ctx.device, ctx.dtype)
     labels = labels.to(ctx.device)
@@ -88,11 +100,13 @@ def prompt_loss_fn(
         raise ValueError(f"hessian[{name}]: chunk must be >= 1, got {chunk}")
 
     def loss(theta: torch.Tensor) -> torch.Tensor:
-        text = torch.func.functional_call(learner, {"ctx": theta.view_as(ctx)}, ())
-        total = sum(
-            F.cross_entropy(feats[i : i + step] @ text.T / tau, labels[i : i + step], reduction="sum")
-            for i in range(0, n, step)
-        )
+        params = {"ctx": theta.view_as(ctx)}
+        text = None if conditional else torch.func.functional_call(learner, params, ())
+        total = 0.0
+        for i in range(0, n, step):
+            part = feats[i : i + step]
+            per = torch.func.functional_call(learner, params, (part,)) if conditional else text
+            total = total + F.cross_entropy(similarities(part, per) / tau, labels[i : i + step], reduction="sum")
         return total / n
 
     return loss
@@ -325,39 +339,77 @@ def hessian_consistency(
     ``tr(H_A H_B)`` and ``||H_A - H_B||_F²`` (SE: std/√n). The SEs of cosine and distance come from
     ``n_bootstrap`` resamples of the probes (seeded by ``seed``).
     """
+    return hessian_consistencies(
+        loss_a, {names[1]: loss_b}, theta, max_exact_params, n_probes, seed, n_bootstrap, chunk, method, names[0]
+    )[names[1]]
+
+
+def hessian_consistencies(
+    loss_a: LossFn,
+    losses_b: dict[str, LossFn],
+    theta: torch.Tensor,
+    max_exact_params: int = MAX_EXACT_PARAMS,
+    n_probes: int = 64,
+    seed: int = 0,
+    n_bootstrap: int = 1000,
+    chunk: int = 64,
+    method: str = "rev-rev",
+    name_a: str = "A",
+) -> dict[str, dict]:
+    """:func:`hessian_consistency` of one reference domain A against each domain B of ``losses_b``.
+
+    H_A (exact) or H_A v (Hutchinson, the same probes for every B) is computed once and shared, so k
+    domains cost (k + 1)·p or (k + 1)·n_probes HVPs. Each result also holds ``trace_a``/``trace_b``
+    (exact, or the Hutchinson mean vᵀHv with its SE ``trace_a_se``/``trace_b_se``).
+    """
     theta = _check_theta(theta)
     p = theta.numel()
     mode = _mode(p, max_exact_params, n_probes)
-    op_a = HessianOperator(loss_a, theta, chunk, method, names[0])
-    op_b = HessianOperator(loss_b, theta, chunk, method, names[1])
+    op_a = HessianOperator(loss_a, theta, chunk, method, name_a)
     if mode == "exact":
-        (ha, asym_a), (hb, asym_b) = _full(op_a), _full(op_b)
-        ha, hb = ha.double(), hb.double()
-        traces = [float((ha * hb).sum()), float((ha * ha).sum()), float((hb * hb).sum()), float(((ha - hb) ** 2).sum())]
-        cosine, distance = _consistency(*traces)
-        return {
-            "mode": mode, "n_params": p, "n_probes": 0, "cosine": cosine, "cosine_se": 0.0,
-            "distance": distance, "distance_se": 0.0, "trace_ab": traces[0], "trace_ab_se": 0.0,
-            "frobenius_a": math.sqrt(traces[1]), "frobenius_b": math.sqrt(traces[2]),
-            "asymmetry_a": asym_a, "asymmetry_b": asym_b,
-            "n_hvp": op_a.n_hvp + op_b.n_hvp,
-        }  # fmt: skip
+        ha, asym_a = _full(op_a)
+        ha = ha.double()
+        out = {}
+        for name_b, loss_b in losses_b.items():
+            op_b = HessianOperator(loss_b, theta, chunk, method, name_b)
+            hb, asym_b = _full(op_b)
+            hb = hb.double()
+            traces = [float((ha * hb).sum()), float((ha * ha).sum()), float((hb * hb).sum()), float(((ha - hb) ** 2).sum())]
+            cosine, distance = _consistency(*traces)
+            out[name_b] = {
+                "mode": mode, "n_params": p, "n_probes": 0, "cosine": cosine, "cosine_se": 0.0,
+                "distance": distance, "distance_se": 0.0, "trace_ab": traces[0], "trace_ab_se": 0.0,
+                "frobenius_a": math.sqrt(traces[1]), "frobenius_b": math.sqrt(traces[2]),
+                "trace_a": float(ha.trace()), "trace_a_se": 0.0, "trace_b": float(hb.trace()), "trace_b_se": 0.0,
+                "asymmetry_a": asym_a, "asymmetry_b": asym_b,
+                "n_hvp": op_a.n_hvp + op_b.n_hvp,
+            }  # fmt: skip
+        return out
     gen = torch.Generator().manual_seed(seed)
     probes = rademacher(n_probes, p, gen, theta.dtype).to(theta.device)
-    ha, hb = op_a(probes).double(), op_b(probes).double()
-    per_probe = torch.stack([(ha * hb).sum(1), (ha * ha).sum(1), (hb * hb).sum(1), ((ha - hb) ** 2).sum(1)], 1)
-    per_probe = per_probe.cpu().numpy()  # [n, 4]: c, a, b, d
-    cosine, distance = _consistency(*per_probe.mean(0))
-    idx = np.random.default_rng(seed).integers(0, n_probes, (n_bootstrap, n_probes))
-    boot = per_probe[idx].mean(1)  # [n_bootstrap, 4]
-    boot_cos = boot[:, 0] / np.sqrt(boot[:, 1] * boot[:, 2])
-    boot_dist = np.sqrt(np.clip(boot[:, 3], 0, None) / boot[:, 1])
-    trace_ab, trace_ab_se = _mean_se(per_probe[:, 0])
-    return {
-        "mode": mode, "n_params": p, "n_probes": n_probes,
-        "cosine": float(cosine), "cosine_se": float(boot_cos.std(ddof=1)),
-        "distance": float(distance), "distance_se": float(boot_dist.std(ddof=1)), "trace_ab": trace_ab,
-        "trace_ab_se": trace_ab_se, "frobenius_a": math.sqrt(per_probe[:, 1].mean()),
-        "frobenius_b": math.sqrt(per_probe[:, 2].mean()), "asymmetry_a": None, "asymmetry_b": None,
-        "n_bootstrap": n_bootstrap, "n_hvp": op_a.n_hvp + op_b.n_hvp,
-    }  # fmt: skip
+    ha = op_a(probes).double()
+    quad_a = (probes.double() * ha).sum(1).cpu().numpy()
+    out = {}
+    for name_b, loss_b in losses_b.items():
+        op_b = HessianOperator(loss_b, theta, chunk, method, name_b)
+        hb = op_b(probes).double()
+        quad_b = (probes.double() * hb).sum(1).cpu().numpy()
+        per_probe = torch.stack([(ha * hb).sum(1), (ha * ha).sum(1), (hb * hb).sum(1), ((ha - hb) ** 2).sum(1)], 1)
+        per_probe = per_probe.cpu().numpy()  # [n, 4]: c, a, b, d
+        cosine, distance = _consistency(*per_probe.mean(0))
+        idx = np.random.default_rng(seed).integers(0, n_probes, (n_bootstrap, n_probes))
+        boot = per_probe[idx].mean(1)  # [n_bootstrap, 4]
+        boot_cos = boot[:, 0] / np.sqrt(boot[:, 1] * boot[:, 2])
+        boot_dist = np.sqrt(np.clip(boot[:, 3], 0, None) / boot[:, 1])
+        trace_ab, trace_ab_se = _mean_se(per_probe[:, 0])
+        (trace_a, trace_a_se), (trace_b, trace_b_se) = _mean_se(quad_a), _mean_se(quad_b)
+        out[name_b] = {
+            "mode": mode, "n_params": p, "n_probes": n_probes,
+            "cosine": float(cosine), "cosine_se": float(boot_cos.std(ddof=1)),
+            "distance": float(distance), "distance_se": float(boot_dist.std(ddof=1)), "trace_ab": trace_ab,
+            "trace_ab_se": trace_ab_se, "frobenius_a": math.sqrt(per_probe[:, 1].mean()),
+            "frobenius_b": math.sqrt(per_probe[:, 2].mean()), "trace_a": trace_a, "trace_a_se": trace_a_se,
+            "trace_b": trace_b, "trace_b_se": trace_b_se, "asymmetry_a": None, "asymmetry_b": None,
+            "n_bootstrap": n_bootstrap, "n_hvp": op_a.n_hvp + op_b.n_hvp,
+        }  # fmt: skip
+    return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -135,12 +136,20 @@ def generalization_summary(accuracy: pd.DataFrame) -> list[str]:
     return lines
 
 
-def write_index(path: str | Path, captions: dict[str, str], provenance: dict) -> None:
-    """Write ``index.html`` linking each ``<name>.html`` report with its caption, plus provenance."""
+def write_index(
+    path: str | Path, captions: dict[str, str], provenance: dict, figures: dict[str, str] | None = None
+) -> None:
+    """Write ``index.html`` linking each ``<name>.html`` report with its caption, each figure (``{path
+    relative to the index: caption}``) with its caption, plus provenance."""
     items = "\n".join(
         f'<li><a href="{html.escape(name)}.html">{html.escape(name.replace("_", " "))}</a>: {html.escape(text)}</li>'
         for name, text in captions.items()
     )
+    figure_items = "\n".join(
+        f'<li><a href="{html.escape(rel)}">{html.escape(Path(rel).stem.replace("_", " "))}</a>: {html.escape(text)}</li>'
+        for rel, text in (figures or {}).items()
+    )
+    figure_list = f"<h2>Figures</h2>\n<ul>\n{figure_items}\n</ul>" if figure_items else ""
     prov = provenance
     standin = prov.get("backbone", {}) and prov["backbone"].get("name") == "standin-conse"
     rows = "\n".join(
@@ -171,6 +180,7 @@ table{{border-collapse:collapse}}th,td{{text-align:left;vertical-align:top;paddi
 <ul>
 {items}
 </ul>
+{figure_list}
 <h2>Provenance</h2>
 <table>
 {rows}
@@ -180,3 +190,27 @@ table{{border-collapse:collapse}}th,td{{text-align:left;vertical-align:top;paddi
 """
     with atomic_path(path) as tmp:
         tmp.write_text(page)
+
+
+STANDIN_MARKDOWN = (
+    "> **Stand-in backbone.** These numbers come from the offline demo backbone `standin-conse` "
+    "(EfficientNet-Lite0 + MiniLM joined by ConSE), not from CLIP: they exercise the study, "
+    "they are not the paper's numbers."
+)
+
+
+def read_provenance(results_dir: str | Path) -> dict | None:
+    """``provenance.json`` of a results folder (None when absent, e.g. a notebook run by hand early)."""
+    path = Path(results_dir) / "provenance.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def standin_banner(provenance: dict | None) -> str | None:
+    """The stand-in warning (Markdown) when the run used the demo backbone, else None."""
+    return STANDIN_MARKDOWN if provenance and provenance["backbone"]["name"] == "standin-conse" else None
+
+
+def save_figure(fig, path: str | Path, dpi: int = 110) -> None:
+    """Save a matplotlib figure as PNG atomically (tight bounding box, so no label is cut off)."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")

@@ -1,6 +1,7 @@
 # Shared definitions: validated config, result paths, the study's grid.
 # Rules pass the config slices they depend on as `params`, so changing one re-runs exactly the jobs it
 # affects (Snakemake's params rerun trigger); scripts read their settings from snakemake.params.
+import json
 import os
 import shutil
 import sys
@@ -69,6 +70,34 @@ def features_path(dataset):
 # Cached augmented views of the ID training images (features.views > 0), encoded once for every method.
 VIEWS_PATH = f"{R}/features/{BACKBONE}/views/{ID_DATASET}.npz"
 VIEWS = [VIEWS_PATH] if config["features"]["views"] else []
+
+
+# Diagnostic report rules (diagnostics.smk): score tables of runs, figures and HTML for `snakemake --report`,
+# papermill parameters.
+def score_paths(runs, datasets=DATASETS, root="scores"):
+    return [f"{R}/{root}/{m}/shots{k}_seed{s}/{d}.parquet" for m, k, s in runs for d in datasets]
+
+
+def figure(name, figure_number):
+    """A report figure, registered for `snakemake --report` under "Figures"."""
+    return report(f"{R}/reports/figures/{name}.png", category="Figures",
+                  labels={"figure": figure_number, "report": name})
+
+
+def notebook_html(name):
+    return report(f"{R}/reports/{name}.html", category="Reports", labels={"report": name})
+
+
+def nb_params(name, **kw):
+    return json.dumps({"results_dir": R, "figure": f"{R}/reports/figures/{name}.png", **kw})
+
+
+# papermill runs the notebook with a JSON (= YAML) parameter dict, nbconvert renders it without input.
+NOTEBOOK_SHELL = (
+    "(papermill {input.notebook:q} {output.notebook:q} -y {params.nb:q} --no-progress-bar"
+    " && jupyter nbconvert --to html --no-input {output.notebook:q} --output-dir {params.outdir:q}"
+    " --output {params.name:q}) > {log:q} 2>&1"
+)
 
 
 wildcard_constraints:

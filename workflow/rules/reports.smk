@@ -33,7 +33,7 @@ rule report_notebook:
         accuracy=f"{R}/metrics/accuracy.csv",
     output:
         notebook=f"{R}/reports/notebooks/{{report}}.ipynb",
-        html=f"{R}/reports/{{report}}.html",
+        html=report(f"{R}/reports/{{report}}.html", category="Tables", labels={"report": "{report}"}),
     params:
         results=R,
         outdir=f"{R}/reports",
@@ -56,12 +56,14 @@ rule report_notebook:
 
 rule index:
     input:
-        reports=expand(f"{R}/reports/{{report}}.html", report=REPORTS),
+        reports=expand(f"{R}/reports/{{report}}.html", report=[*REPORTS, *DIAGNOSTIC_REPORTS]),
+        figures=expand(f"{R}/reports/figures/{{report}}.png", report=DIAGNOSTIC_REPORTS),
         provenance=f"{R}/provenance.json",
     output:
-        f"{R}/reports/index.html",
+        report(f"{R}/reports/index.html", category="Reports", labels={"report": "index"}),
     params:
-        captions=REPORTS,
+        captions={**REPORTS, **{name: report for name, (report, _) in DIAGNOSTIC_REPORTS.items()}},
+        figures={f"figures/{name}.png": figure for name, (_, figure) in DIAGNOSTIC_REPORTS.items()},
     log:
         f"{R}/logs/reports/index.log",
     benchmark:

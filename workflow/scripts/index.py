@@ -6,4 +6,4 @@ from deltaenergy.report import write_index
 
 with log_to(snakemake.log[0]):
     provenance = json.loads(open(snakemake.input.provenance).read())
-    write_index(snakemake.output[0], snakemake.params.captions, provenance)
+    write_index(snakemake.output[0], snakemake.params.captions, provenance, snakemake.params.figures)

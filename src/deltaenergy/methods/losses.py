@@ -19,6 +19,22 @@ def energy(sims: torch.Tensor, tau: float) -> torch.Tensor:
     return -tau * torch.logsumexp(sims / tau, dim=-1)
 
 
+def mask_features(
+    feats: torch.Tensor, text: torch.Tensor, anchor: torch.Tensor, mask_mode: str = "keep_positive", renormalize: bool = True
+) -> torch.Tensor:
+    """Image features ``[B, D]`` masked by the sign of ``P = f ⊙ t_anchor`` (method.md, Eq. mask-image).
+
+    ``keep_positive`` keeps the elements with P >= 0 (ZS CLIP(+) of the paper's Fig. 3),
+    ``keep_negative`` those with P <= 0. With ``renormalize`` the masked feature is re-normalised.
+    """
+    if mask_mode not in ("keep_positive", "keep_negative"):
+        raise ValueError(f"mask_mode must be 'keep_positive' or 'keep_negative', got {mask_mode!r}")
+    prod = feats * text[anchor]
+    keep = prod >= 0 if mask_mode == "keep_positive" else prod <= 0
+    masked = feats * keep
+    return F.normalize(masked, dim=-1) if renormalize else masked
+
+
 def masked_energy_change(
     feats: torch.Tensor,
     text: torch.Tensor,
@@ -27,16 +43,9 @@ def masked_energy_change(
     mask_mode: str = "keep_positive",
     renormalize: bool = True,
 ) -> torch.Tensor:
-    """ΔE_mask = E(s̃) - E(s) per sample, where s̃ uses the image feature masked by P = f ⊙ t_anchor.
-
-    ``keep_positive`` keeps the elements with P >= 0 (ZS CLIP(+) of the paper's Fig. 3),
-    ``keep_negative`` those with P <= 0. With ``renormalize`` the masked feature is re-normalised.
-    """
-    prod = feats * text[anchor]
-    keep = prod >= 0 if mask_mode == "keep_positive" else prod <= 0
-    masked = feats * keep
-    if renormalize:
-        masked = F.normalize(masked, dim=-1)
+    """ΔE_mask = E(s̃) - E(s) per sample, where s̃ uses the image feature masked by P = f ⊙ t_anchor
+    (:func:`mask_features`)."""
+    masked = mask_features(feats, text, anchor, mask_mode, renormalize)
     return energy(masked @ text.T, tau) - energy(feats @ text.T, tau)
 
 
