@@ -67,10 +67,10 @@ def test_load_config_names_the_file(tmp_path, demo):
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda c: c["diagnostics"]["hessian"].update(methods=["coop", "locoop"]),
-         "config key 'diagnostics.hessian.methods': method 'locoop' was not trained"),
-        (lambda c: c["ablations"]["c_sweep"].update(methods=["zeroshot", "cocoop"]),
-         "config key 'ablations.c_sweep.methods': method 'cocoop' was not trained"),
+        (lambda c: c["diagnostics"]["hessian"].update(methods=["coop", "maple"]),
+         "config key 'diagnostics.hessian.methods': method 'maple' was not trained"),
+        (lambda c: c["ablations"]["c_sweep"].update(methods=["zeroshot", "prograd"]),
+         "config key 'ablations.c_sweep.methods': method 'prograd' was not trained"),
         (lambda c: c["diagnostics"]["hessian"].update(domains=["fmnist_sketch", "digits"]),
          "config key 'diagnostics.hessian.domains': 'digits' is a semantic-OOD set and has no labels"),
         (lambda c: c["data"].update(covariate=["fmnist_sketch"]) or c["diagnostics"]["hessian"].update(
