@@ -9,11 +9,15 @@ from pathlib import Path
 
 SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC)
-# Jobs (scripts, papermill kernels, cluster jobs) import the library from this checkout.
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p)
-# Shell rules (papermill, nbconvert) use the interpreter running Snakemake unless a conda env
-# (--use-conda) puts its own first on PATH.
-os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+# Jobs (scripts, papermill kernels, cluster jobs) import the library from this checkout; shell rules
+# (papermill, nbconvert) use the interpreter running Snakemake unless a conda env (--use-conda) puts its
+# own first on PATH. The workflow sets both rather than declaring them with `envvars:`, which would demand
+# them from the user and copy the submitting host's values into remote jobs: every Snakemake process,
+# a cluster job's included, runs this file and prefixes its own.
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p),
+    PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+)
 
 from deltaenergy.config import validate_config, ConfigError  # noqa: E402
 from deltaenergy.data.classes import ID_CLASSES  # noqa: E402
@@ -63,6 +67,13 @@ def source_markers(keys):
     return [f"{FETCHED}/{key}.complete" for key in keys if not system_available(key)]
 
 
+def prompt_input(w):
+    """The trained prompt a score_run job scores with; zero-shot methods have none."""
+    if w.method in ZEROSHOT_METHODS:
+        return []
+    return f"{run_dir('train', w.method, w.shots, w.seed)}/prompt.pt"
+
+
 def features_path(dataset):
     return f"{R}/features/{BACKBONE}/{dataset}.npz"
 
@@ -88,8 +99,10 @@ def notebook_html(name):
     return report(f"{R}/reports/{name}.html", category="Reports", labels={"report": name})
 
 
-def nb_params(name, **kw):
-    return json.dumps({"results_dir": R, "figure": f"{R}/reports/figures/{name}.png", **kw})
+def nb_params(output, **kw):
+    """papermill parameters (JSON) of a diagnostic report: its results directory and figure, taken from
+    the rule's output (`{results}/reports/<name>.html`, `output.figure`) rather than hardcoded."""
+    return json.dumps({"results_dir": str(Path(output.html).parents[1]), "figure": output.figure, **kw})
 
 
 # papermill runs the notebook with a JSON (= YAML) parameter dict, nbconvert renders it without input.

@@ -219,7 +219,7 @@ rule energy_change:
     params:
         name="energy_change",
         outdir=lambda w, output: os.path.dirname(output.html),
-        nb=lambda w, input: nb_params("energy_change", score_files=list(input.scores),
+        nb=lambda w, input, output: nb_params(output, score_files=list(input.scores),
                                       score=DIAG["energy_change"]["score"]),
     log:
         f"{R}/logs/reports/energy_change.log",
@@ -245,7 +245,7 @@ rule masking_zeroshot:
     params:
         name="masking_zeroshot",
         outdir=lambda w, output: os.path.dirname(output.html),
-        nb=lambda w, input: nb_params("masking_zeroshot", data=input.data, tau=DIAG["masking"]["tau"]),
+        nb=lambda w, input, output: nb_params(output, data=input.data, tau=DIAG["masking"]["tau"]),
     log:
         f"{R}/logs/reports/masking_zeroshot.log",
     benchmark:
@@ -271,7 +271,7 @@ rule hessian_consistency:
     params:
         name="hessian_consistency",
         outdir=lambda w, output: os.path.dirname(output.html),
-        nb=lambda w, input: nb_params("hessian_consistency", hessian_files=list(input.hessian)),
+        nb=lambda w, input, output: nb_params(output, hessian_files=list(input.hessian)),
     log:
         f"{R}/logs/reports/hessian_consistency.log",
     benchmark:
@@ -297,7 +297,7 @@ rule radar:
     params:
         name="radar",
         outdir=lambda w, output: os.path.dirname(output.html),
-        nb=nb_params("radar", score=DIAG["radar"]["score"], shots=DIAG_SHOTS),
+        nb=lambda w, output: nb_params(output, score=DIAG["radar"]["score"], shots=DIAG_SHOTS),
     log:
         f"{R}/logs/reports/radar.log",
     benchmark:
@@ -323,7 +323,7 @@ rule fewshot_curves:
     params:
         name="fewshot_curves",
         outdir=lambda w, output: os.path.dirname(output.html),
-        nb=nb_params("fewshot_curves", score=DIAG["radar"]["score"]),
+        nb=lambda w, output: nb_params(output, score=DIAG["radar"]["score"]),
     log:
         f"{R}/logs/reports/fewshot_curves.log",
     benchmark:
@@ -348,7 +348,7 @@ rule ablation_c_sweep:
     params:
         name="ablation_c_sweep",
         outdir=lambda w, output: os.path.dirname(output.html),
-        nb=lambda w, input: nb_params("ablation_c_sweep", sweep=input.sweep, configured_c=config["scores"][ABL["c_sweep"]["score"]]["c"]),
+        nb=lambda w, input, output: nb_params(output, sweep=input.sweep, configured_c=config["scores"][ABL["c_sweep"]["score"]]["c"]),
     log:
         f"{R}/logs/reports/ablation_c_sweep.log",
     benchmark:
@@ -378,7 +378,7 @@ if EBM_GRID:
         params:
             name="ablation_ebm_grid",
             outdir=lambda w, output: os.path.dirname(output.html),
-            nb=lambda w, input: nb_params("ablation_ebm_grid", variant_files=list(input.variants),
+            nb=lambda w, input, output: nb_params(output, variant_files=list(input.variants),
                                           baseline_files=list(input.baselines), variants=EBM_GRID,
                                           base=GRID["base"], base_spec=config["methods"][GRID["base"]],
                                           score=DIAG["radar"]["score"]),

@@ -35,8 +35,8 @@ rule report_notebook:
         notebook=f"{R}/reports/notebooks/{{report}}.ipynb",
         html=report(f"{R}/reports/{{report}}.html", category="Tables", labels={"report": "{report}"}),
     params:
-        results=R,
-        outdir=f"{R}/reports",
+        results=lambda w, input: str(Path(input.detection).parents[1]),
+        outdir=lambda w, output: os.path.dirname(output.html),
     log:
         f"{R}/logs/reports/{{report}}.log",
     benchmark:

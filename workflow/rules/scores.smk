@@ -29,12 +29,6 @@ rule mine_negative_labels:
         "../scripts/mine_negative_labels.py"
 
 
-def prompt_input(w):
-    if w.method in ZEROSHOT_METHODS:
-        return []
-    return f"{run_dir('train', w.method, w.shots, w.seed)}/prompt.pt"
-
-
 rule score_run:
     input:
         features=[features_path(d) for d in DATASETS],
