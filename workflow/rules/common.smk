@@ -39,9 +39,7 @@ SEEDS = config["fewshot"]["seeds"]
 ZEROSHOT_METHODS = ["zeroshot", "zeroshot_ensemble"]
 TRAINED_METHODS = list(config["methods"])
 # Zero-shot runs have no shots and no seed: they are filed as shots0_seed0.
-RUNS = [(m, 0, 0) for m in ZEROSHOT_METHODS] + [
-    (m, k, s) for m in TRAINED_METHODS for k in SHOTS for s in SEEDS
-]
+RUNS = [(m, 0, 0) for m in ZEROSHOT_METHODS] + [(m, k, s) for m in TRAINED_METHODS for k in SHOTS for s in SEEDS]
 
 
 def run_dir(kind, method, shots, seed):
@@ -91,8 +89,9 @@ def score_paths(runs, datasets=DATASETS, root="scores"):
 
 def figure(name, figure_number):
     """A report figure, registered for `snakemake --report` under "Figures"."""
-    return report(f"{R}/reports/figures/{name}.png", category="Figures",
-                  labels={"figure": figure_number, "report": name})
+    return report(
+        f"{R}/reports/figures/{name}.png", category="Figures", labels={"figure": figure_number, "report": name}
+    )
 
 
 def notebook_html(name):

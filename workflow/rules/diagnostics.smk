@@ -48,8 +48,11 @@ if EBM_GRID:
     )
 DIAG_RUNS = [(m, DIAG_SHOTS, s) for m in TRAINED_METHODS for s in SEEDS]
 HESSIAN_RUNS = [(m, DIAG_SHOTS, s) for m in HESSIAN["methods"] for s in HESSIAN["seeds"]]
-C_SWEEP_RUNS = [(m, 0, 0) if m in ZEROSHOT_METHODS else (m, DIAG_SHOTS, s)
-                for m in ABL["c_sweep"]["methods"] for s in ([0] if m in ZEROSHOT_METHODS else SEEDS)]
+C_SWEEP_RUNS = [
+    (m, 0, 0) if m in ZEROSHOT_METHODS else (m, DIAG_SHOTS, s)
+    for m in ABL["c_sweep"]["methods"]
+    for s in ([0] if m in ZEROSHOT_METHODS else SEEDS)
+]
 C_SWEEP_RUNS = list(dict.fromkeys(C_SWEEP_RUNS))
 
 
@@ -219,8 +222,9 @@ rule energy_change:
     params:
         name="energy_change",
         outdir=lambda w, output: os.path.dirname(output.html),
-        nb=lambda w, input, output: nb_params(output, score_files=list(input.scores),
-                                      score=DIAG["energy_change"]["score"]),
+        nb=lambda w, input, output: nb_params(
+            output, score_files=list(input.scores), score=DIAG["energy_change"]["score"]
+        ),
     log:
         f"{R}/logs/reports/energy_change.log",
     benchmark:
@@ -348,7 +352,9 @@ rule ablation_c_sweep:
     params:
         name="ablation_c_sweep",
         outdir=lambda w, output: os.path.dirname(output.html),
-        nb=lambda w, input, output: nb_params(output, sweep=input.sweep, configured_c=config["scores"][ABL["c_sweep"]["score"]]["c"]),
+        nb=lambda w, input, output: nb_params(
+            output, sweep=input.sweep, configured_c=config["scores"][ABL["c_sweep"]["score"]]["c"]
+        ),
     log:
         f"{R}/logs/reports/ablation_c_sweep.log",
     benchmark:
@@ -378,10 +384,15 @@ if EBM_GRID:
         params:
             name="ablation_ebm_grid",
             outdir=lambda w, output: os.path.dirname(output.html),
-            nb=lambda w, input, output: nb_params(output, variant_files=list(input.variants),
-                                          baseline_files=list(input.baselines), variants=EBM_GRID,
-                                          base=GRID["base"], base_spec=config["methods"][GRID["base"]],
-                                          score=DIAG["radar"]["score"]),
+            nb=lambda w, input, output: nb_params(
+                output,
+                variant_files=list(input.variants),
+                baseline_files=list(input.baselines),
+                variants=EBM_GRID,
+                base=GRID["base"],
+                base_spec=config["methods"][GRID["base"]],
+                score=DIAG["radar"]["score"],
+            ),
         log:
             f"{R}/logs/reports/ablation_ebm_grid.log",
         benchmark:
