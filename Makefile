@@ -42,5 +42,10 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
+# The checks of tests/test_lint.py (snakefmt settings: [tool.snakefmt] in pyproject.toml).
+lint: setup
+	$(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check Snakefile workflow/rules
+
 clean-results:
 	rm -rf results/demo .snakemake
