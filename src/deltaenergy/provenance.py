@@ -68,9 +68,13 @@ def device() -> dict:
     return info
 
 
-def collect_provenance(config: dict, manifests: list[str], feature_sidecars: list[str]) -> dict:
-    """Everything needed to tell whether two result folders are comparable."""
+def collect_provenance(
+    config: dict, manifests: list[str], feature_sidecars: list[str], manifest_sidecars: list[str] = ()
+) -> dict:
+    """Everything needed to tell whether two result folders are comparable. ``skipped_images`` maps each
+    manifest (by its sidecar ``<manifest>.json``) to the number of unreadable source files left out."""
     sidecars = [json.loads(Path(p).read_text()) for p in feature_sidecars]
+    skipped = {str(p).removesuffix(".json"): json.loads(Path(p).read_text())["skipped"] for p in manifest_sidecars}
     return {
         "benchmark": config["benchmark"],
         "config_sha256": config_hash(config),
@@ -84,4 +88,5 @@ def collect_provenance(config: dict, manifests: list[str], feature_sidecars: lis
         "backbone": sidecars[0]["backbone"] if sidecars else None,
         "image_encoder_calls": sum(s["image_forward_count"] for s in sidecars),
         "images": sum(s["n_images"] for s in sidecars),
+        "skipped_images": skipped,
     }

@@ -34,6 +34,12 @@ def format_mean_std(frame: pd.DataFrame, scale: float = 100.0, digits: int = 1) 
     return frame.apply(fmt, axis=1)
 
 
+def _skipped_summary(skipped: dict[str, int]) -> str:
+    """'none', or each manifest with its count of unreadable files left out (listed in its sidecar)."""
+    parts = [f"{n} from {manifest} (listed in {manifest}.json)" for manifest, n in sorted(skipped.items()) if n]
+    return "; ".join(parts) or "none"
+
+
 def write_index(path: str | Path, captions: dict[str, str], provenance: dict) -> None:
     """Write ``index.html`` linking each ``<name>.html`` report with its caption, plus provenance."""
     items = "\n".join(
@@ -52,6 +58,7 @@ def write_index(path: str | Path, captions: dict[str, str], provenance: dict) ->
             ("device", prov["device"]),
             ("seeds", prov["seeds"]),
             ("images encoded", f"{prov['image_encoder_calls']} image-encoder calls for {prov['images']} images"),
+            ("unreadable images skipped", _skipped_summary(prov.get("skipped_images", {}))),
             ("packages", ", ".join(f"{k} {v}" for k, v in prov["packages"].items())),
             ("data packages", ", ".join(f"{k} {v}" for k, v in prov["debian_data_packages"].items())),
         ]

@@ -9,6 +9,7 @@ REPORTS = {
 rule provenance:
     input:
         manifests=expand(f"{R}/manifests/{{dataset}}.csv", dataset=DATASETS),
+        sidecars=expand(f"{R}/manifests/{{dataset}}.csv.json", dataset=DATASETS),
         features=[f"{features_path(d)}.json" for d in DATASETS],
     output:
         f"{R}/provenance.json",
