@@ -19,9 +19,9 @@ Tested here, by fault:
 Tested elsewhere (not repeated here): schema defaults and basic key errors (test_config.py), a training
 job SIGKILLed mid-run resumes to the same prompt (test_train.py; CoCoOp in test_methods.py), NaN features
 at the first step (test_train.py), scores and metrics refuse NaN/inf arguments by name (test_scores.py,
-test_metrics.py), atomic dataset folders (test_demo_data.py), sha256-verified backbone checkpoints and
-open_clip's pickle refusal (test_openclip_backbone.py), and an unknown config key stopping Snakemake
-before any job (test_workflow_demo.py).
+test_metrics.py), atomic dataset folders and the NumPy-only unpickler refusing code (test_demo_data.py),
+sha256-verified backbone checkpoints (test_openclip_backbone.py), and an unknown config key stopping
+Snakemake before any job (test_workflow_demo.py).
 """
 
 from __future__ import annotations
