@@ -121,6 +121,19 @@ def test_impossible_combinations_at_their_boundary(demo_cfg):
         validate_config(bad)
 
 
+@pytest.mark.workflow
+def test_impossible_combination_stops_snakemake_before_any_job(demo_cfg, tmp_path):
+    """The cross-key checks run where the schema does: while Snakemake builds the DAG."""
+    from test_workflow_demo import run_snakemake
+
+    demo_cfg["scores"]["delta_energy"]["c"] = 11
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(demo_cfg))
+    proc = run_snakemake(tmp_path / "w", path, "-n")
+    assert proc.returncode != 0 and "config key 'scores.delta_energy.c'" in proc.stdout + proc.stderr
+    assert not (tmp_path / "w" / "results").exists()
+
+
 # --------------------------------------------------------------------------- data: image loading
 
 
