@@ -2,8 +2,9 @@
 
 Conventions: transparency (RGBA, LA, PA, palette with a transparent colour) is composited on white;
 16/32-bit integer greyscale (``I;16*``, ``I``) is scaled from 0..65535 to 0..255; float (``F``) is
-clipped to 0..255; CMYK/YCbCr/LAB/HSV use PIL's own conversion. EXIF orientation is not applied
-(as in the CLIP/ImageNet reference pipelines, which open and ``convert("RGB")`` only).
+clipped to 0..255; CMYK/YCbCr/LAB/HSV use PIL's own conversion (CMYK: each of R, G, B is
+(255 − C)(255 − K) / 255). EXIF orientation is not applied (as in the CLIP/ImageNet reference
+pipelines, which open and ``convert("RGB")`` only).
 
 ``on_bad_image`` (config ``data.on_bad_image``): ``stop`` raises on the first unreadable file (truncated,
 not an image, decompression bomb), naming it; ``skip`` leaves the file out and records it, so the
