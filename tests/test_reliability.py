@@ -59,6 +59,7 @@ from deltaenergy.methods.train import TrainingDiverged, load_prompt, save_prompt
 from deltaenergy.prompts import PromptLearner
 from deltaenergy.provenance import collect_provenance
 from deltaenergy.report import write_index
+from test_demo_data import _png_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["t-shirt", "trouser", "pullover", "dress"]
@@ -140,12 +141,6 @@ def test_impossible_combination_stops_snakemake_before_any_job(demo_cfg, tmp_pat
 def _save(image: Image.Image, path: Path, **kwargs) -> Path:
     image.save(path, **kwargs)
     return path
-
-
-def _png_bytes(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def _on_white(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
