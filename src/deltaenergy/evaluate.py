@@ -94,6 +94,10 @@ def metrics_tables(scores: pd.DataFrame, score_columns: list[str]) -> tuple[pd.D
                         "role": part["role"].iloc[0], "acc": accuracy(part["label"].to_numpy(), part["pred"].to_numpy())})
         for dataset, ood in run[run["role"] == "ood"].groupby("dataset", sort=True):
             for column in score_columns:
-                m = detection_metrics(id_test[column].to_numpy(), ood[column].to_numpy())
+                try:
+                    m = detection_metrics(id_test[column].to_numpy(), ood[column].to_numpy())
+                except ValueError as err:
+                    raise ValueError(f"scores of {method} shots{shots}_seed{seed}, column '{column}', OOD set "
+                                     f"'{dataset}': {err}") from err
                 detection.append({"method": method, "shots": shots, "seed": seed, "score": column, "dataset": dataset, **m})
     return pd.DataFrame(detection), pd.DataFrame(acc)

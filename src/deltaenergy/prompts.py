@@ -163,6 +163,8 @@ class PromptLearner(torch.nn.Module):
                 f"it was trained with another method kind or prompt config"
             )
         for name, p in params.items():
+            if not isinstance(state[name], torch.Tensor):
+                raise ValueError(f"prompt state {name!r} is a {type(state[name]).__name__}, not a tensor")
             if state[name].shape != p.shape:
                 raise ValueError(f"prompt state {name!r}: shape {tuple(state[name].shape)} != {tuple(p.shape)} "
                                  f"(another prompt config, e.g. prompt.n_ctx?)")

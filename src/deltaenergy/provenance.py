@@ -76,13 +76,15 @@ def _dataset_sources(folder: Path) -> list[dict] | str:
 
 
 def collect_provenance(config: dict, manifests: list[str], feature_sidecars: list[str],
-                       dataset_dirs: list[str] = ()) -> dict:
+                       dataset_dirs: list[str] = (), manifest_sidecars: list[str] = ()) -> dict:
     """Everything needed to tell whether two result folders are comparable.
 
     ``dataset_dirs``: built dataset folders; their ``sources.json`` (registry package or verified download,
-    see :mod:`deltaenergy.data.sources`) become ``data_sources`` keyed by folder name.
+    see :mod:`deltaenergy.data.sources`) become ``data_sources`` keyed by folder name. ``skipped_images``
+    maps each manifest (by its sidecar ``<manifest>.json``) to the number of unreadable source files left out.
     """
     sidecars = [json.loads(Path(p).read_text()) for p in feature_sidecars]
+    skipped = {str(p).removesuffix(".json"): json.loads(Path(p).read_text())["skipped"] for p in manifest_sidecars}
     return {
         "benchmark": config["benchmark"],
         "config_sha256": config_hash(config),
@@ -98,4 +100,5 @@ def collect_provenance(config: dict, manifests: list[str], feature_sidecars: lis
         "image_encoder_calls": sum(s["image_forward_count"] for s in sidecars),
         "images": sum(s["n_images"] for s in sidecars if "views" not in s),
         "augmented_views": sum(s["n_images"] * s["views"] for s in sidecars if "views" in s),
+        "skipped_images": skipped,
     }

@@ -136,6 +136,12 @@ def generalization_summary(accuracy: pd.DataFrame) -> list[str]:
     return lines
 
 
+def _skipped_summary(skipped: dict[str, int]) -> str:
+    """'none', or each manifest with its count of unreadable files left out (listed in its sidecar)."""
+    parts = [f"{n} from {manifest} (listed in {manifest}.json)" for manifest, n in sorted(skipped.items()) if n]
+    return "; ".join(parts) or "none"
+
+
 def write_index(
     path: str | Path, captions: dict[str, str], provenance: dict, figures: dict[str, str] | None = None
 ) -> None:
@@ -163,6 +169,7 @@ def write_index(
             ("seeds", prov["seeds"]),
             ("images encoded", f"{prov['image_encoder_calls']} image-encoder calls for {prov['images']} images"
                                f" and {prov.get('augmented_views', 0)} augmented training views"),
+            ("unreadable images skipped", _skipped_summary(prov.get("skipped_images", {}))),
             ("packages", ", ".join(f"{k} {v}" for k, v in prov["packages"].items())),
             ("data packages", ", ".join(f"{k} {v}" for k, v in prov["debian_data_packages"].items())),
         ]

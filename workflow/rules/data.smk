@@ -31,10 +31,12 @@ rule build_dataset:
         sources=lambda w: source_markers(DATASET_SOURCES[w.dataset]),
     output:
         manifest=f"{R}/manifests/{{dataset}}.csv",
+        sidecar=f"{R}/manifests/{{dataset}}.csv.json",
         images=directory(f"{R}/data/{{dataset}}"),
     params:
         sizes=lambda w: dataset_sizes(w.dataset),
         seed=config["data"]["seed"],
+        on_bad_image=config["data"]["on_bad_image"],
     log:
         f"{R}/logs/build_dataset/{{dataset}}.log",
     benchmark:

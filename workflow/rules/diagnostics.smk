@@ -154,6 +154,7 @@ rule train_ablation:
     input:
         features=features_path(ID_DATASET),
         fewshot=f"{R}/manifests/fewshot/shots{{shots}}_seed{{seed}}.csv",
+        views=VIEWS,
     output:
         prompt=f"{R}/ablations/train/{{method}}/shots{{shots}}_seed{{seed}}/prompt.pt",
         log=f"{R}/ablations/train/{{method}}/shots{{shots}}_seed{{seed}}/train_log.csv",

@@ -9,6 +9,7 @@ REPORTS = {
 rule provenance:
     input:
         manifests=expand(f"{R}/manifests/{{dataset}}.csv", dataset=DATASETS),
+        sidecars=expand(f"{R}/manifests/{{dataset}}.csv.json", dataset=DATASETS),
         features=[f"{p}.json" for p in [*map(features_path, DATASETS), *VIEWS]],
         data=expand(f"{R}/data/{{dataset}}", dataset=DATASETS),
     output:

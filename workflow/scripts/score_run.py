@@ -8,7 +8,7 @@ from deltaenergy.features import load_features
 from deltaenergy.io import write_parquet
 from deltaenergy.logs import log_to
 from deltaenergy.neglabel import load_negative_labels
-from deltaenergy.methods.train import build_learner
+from deltaenergy.methods.train import build_learner, load_prompt
 from deltaenergy.prompts import ConditionalPromptLearner, image_conditioned_text, template_ensemble, zeroshot_text_features
 
 with log_to(snakemake.log[0]):
@@ -26,7 +26,7 @@ with log_to(snakemake.log[0]):
             text = zeroshot_text_features(backbone, params.classnames, template_ensemble(params.zeroshot["ensemble"])).cpu()
         else:
             learner = build_learner(backbone, params.classnames, params.method, params.prompt, seed=0)
-            learner.load_learned_state(torch.load(snakemake.input.prompt, map_location="cpu", weights_only=True)["state"])
+            load_prompt(snakemake.input.prompt, learner)
             # CoCoOp's class texts depend on the image: score_table calls this per chunk of image features.
             text = (lambda f: image_conditioned_text(learner, f)) if isinstance(learner, ConditionalPromptLearner) else learner().cpu()
     neglabels = snakemake.input.neglabels  # the mined-labels file, or empty when no neglabel score is configured

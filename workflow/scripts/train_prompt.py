@@ -6,9 +6,9 @@ import torch
 
 from deltaenergy.backbones import build_backbone
 from deltaenergy.features import load_features, view_positions
-from deltaenergy.io import atomic_path, write_csv
+from deltaenergy.io import write_csv
 from deltaenergy.logs import log_to
-from deltaenergy.methods.train import train_learner
+from deltaenergy.methods.train import save_prompt, train_learner
 
 with log_to(snakemake.log[0]):
     torch.set_num_threads(snakemake.threads)
@@ -28,8 +28,6 @@ with log_to(snakemake.log[0]):
                                  params.train, params.prompt, int(w.seed), params.checkpoint,
                                  local_feats=data["local"][index], views=views)
     write_csv(snakemake.output.log, pd.DataFrame(log))
-    with atomic_path(snakemake.output.prompt) as tmp:
-        torch.save({"state": learner.learned_state(), "method": w.method, "shots": int(w.shots),
-                    "seed": int(w.seed)}, tmp)
+    save_prompt(snakemake.output.prompt, learner, method=w.method, shots=int(w.shots), seed=int(w.seed))
     Path(params.checkpoint).unlink()
     print(f"final train loss {log[-1]['loss']:.4f}, batch accuracy {log[-1]['acc']:.3f}")

@@ -38,7 +38,7 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from deltaenergy.data.classes import FASHION_MNIST_CLASSES
-from deltaenergy.data.images import load_image
+from deltaenergy.data.images import load_image_or_skip
 from deltaenergy.data.manifest import MANIFEST_COLUMNS, OOD_LABEL, validate_manifest
 from deltaenergy.data.sources import SYSTEM_DATA_ENV, system_data_root  # noqa: F401 (re-exported)
 from deltaenergy.data.sources import DATASET_SOURCES, resolve
@@ -78,24 +78,27 @@ _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 
 @dataclass(frozen=True)
 class Part:
     """One split of a built dataset: ``images`` (N, H, W) or (N, H, W, 3) uint8, ``labels`` (N,) int64,
-    ``source`` (N,) int64 index into the source collection (provenance and tests; not in manifests)."""
+    ``source`` (N,) int64 index into the source collection (provenance and tests; not in manifests),
+    ``skipped`` the unreadable source files left out (``{"path", "error"}``, see ``data.on_bad_image``)."""
 
     split: str
     images: np.ndarray
     labels: np.ndarray
     source: np.ndarray
-    skipped: int = 0
+    skipped: tuple[dict, ...] = ()
 
 
 @dataclass(frozen=True)
 class DemoDataset:
-    """Registry entry: ``builder(sizes, seed) -> list[Part]`` is pure (writes nothing)."""
+    """Registry entry: ``builder(sizes, seed) -> list[Part]`` is pure (writes nothing); builders that decode
+    image files (``reads_image_files``) also take ``on_bad_image``."""
 
     name: str
     role: str
     source: str
     size_keys: tuple[str, ...]
-    builder: Callable[[dict, int], list[Part]]
+    builder: Callable[..., list[Part]]
+    reads_image_files: bool = False
 
 
 # --------------------------------------------------------------------------- sources
@@ -381,9 +384,9 @@ def _build_rendition(sizes: dict, seed: int) -> list[Part]:
 # --------------------------------------------------------------------------- semantic OOD
 
 
-def _ood_part(images: np.ndarray, index: np.ndarray, skipped: int = 0) -> Part:
+def _ood_part(images: np.ndarray, index: np.ndarray, skipped: tuple[dict, ...] = ()) -> Part:
     labels = np.full(len(images), OOD_LABEL, np.int64)
-    return Part("test", images, labels, index.astype(np.int64), skipped)
+    return Part("test", images, labels, index.astype(np.int64), tuple(skipped))
 
 
 def _sample(total: int, n: int, seed: int, name: str) -> np.ndarray:
@@ -421,23 +424,21 @@ def clipart_paths() -> list[Path]:
     return sorted(paths)
 
 
-def _build_clipart(sizes: dict, seed: int) -> list[Part]:
+def _build_clipart(sizes: dict, seed: int, on_bad_image: str = "stop") -> list[Part]:
     """Seeded clip-art sample, composited on white and fitted (aspect kept) into 64x64 white.
 
-    Files that fail to open or that PIL flags as decompression bombs are skipped and counted; the
-    next file of the seeded order takes their place.
+    Files that fail to open or that are decompression bombs stop the build (``on_bad_image='stop'``) or
+    are skipped and recorded (``'skip'``); the next file of the seeded order then takes their place.
     """
     paths = clipart_paths()
     n = sizes["n"]
-    images, index, skipped = [], [], 0
+    images, index, skipped = [], [], []
     for i in _rng(seed, "clipart").permutation(len(paths)):
         if len(images) == n:
             break
-        try:
-            image = load_image(paths[i])
-        except ValueError as err:
-            log.info("clipart: skipping %s", err)
-            skipped += 1
+        image = load_image_or_skip(paths[i], on_bad_image, skipped)
+        if image is None:
+            log.info("clipart: skipping %s", skipped[-1]["error"])
             continue
         canvas = Image.new("RGB", (_PATCH_SIZE, _PATCH_SIZE), (255, 255, 255))
         fitted = ImageOps.contain(image, (_PATCH_SIZE, _PATCH_SIZE), Image.Resampling.LANCZOS)
@@ -445,7 +446,7 @@ def _build_clipart(sizes: dict, seed: int) -> list[Part]:
         images.append(np.asarray(canvas))
         index.append(i)
     if len(images) < n:
-        raise ValueError(f"clipart: n={n} but only {len(images)} readable files ({skipped} skipped)")
+        raise ValueError(f"clipart: n={n} but only {len(images)} readable files ({len(skipped)} skipped)")
     order = np.argsort(index)
     return [_ood_part(np.stack(images)[order], np.asarray(index)[order], skipped)]
 
@@ -520,7 +521,7 @@ DEMO_DATASETS: dict[str, DemoDataset] = {
             "animal_mnist", "ood", "PyPI animal-mnist (package data files)", ("n",), _build_animal_mnist
         ),
         DemoDataset("digits", "ood", "scikit-learn load_digits", ("n",), _build_digits),
-        DemoDataset("clipart", "ood", "Debian openclipart-png", ("n",), _build_clipart),
+        DemoDataset("clipart", "ood", "Debian openclipart-png", ("n",), _build_clipart, reads_image_files=True),
         DemoDataset(
             "textures", "ood", "Debian gimp-data patterns + scikit-image textures", ("n",), _build_textures
         ),
@@ -558,19 +559,21 @@ def _checked_sizes(dataset: DemoDataset, sizes: dict) -> dict:
     return checked
 
 
-def build_demo_dataset(name: str, out_dir: Path, sizes: dict, seed: int) -> pd.DataFrame:
+def build_demo_dataset(name: str, out_dir: Path, sizes: dict, seed: int, on_bad_image: str = "stop") -> pd.DataFrame:
     """Build dataset ``name`` under ``out_dir/name`` and return its manifest (row order = file order).
 
     ``sizes`` needs the entry's ``size_keys`` (other keys are ignored). Images are written into
     ``out_dir/.name.tmp`` (a stale one is removed first) and renamed to ``out_dir/name`` only when all
     are written, replacing an older build. ``out_dir/name/sources.json`` records where the data came
     from (:func:`dataset_sources`; also ``attrs['sources']``). The returned frame's ``attrs['skipped']``
-    counts source files skipped as unreadable (clip art only).
+    lists the source files left out as unreadable under ``on_bad_image='skip'`` (``{"path", "error"}``;
+    clip art only).
     """
     if name not in DEMO_DATASETS:
         raise ValueError(f"unknown demo dataset '{name}'; known: {sorted(DEMO_DATASETS)}")
     dataset = DEMO_DATASETS[name]
-    parts = dataset.builder(_checked_sizes(dataset, sizes), seed)
+    options = {"on_bad_image": on_bad_image} if dataset.reads_image_files else {}
+    parts = dataset.builder(_checked_sizes(dataset, sizes), seed, **options)
     out_dir = Path(out_dir)
     final, tmp = out_dir / name, out_dir / f".{name}.tmp"
     if tmp.exists():
@@ -594,9 +597,9 @@ def build_demo_dataset(name: str, out_dir: Path, sizes: dict, seed: int) -> pd.D
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    skipped = sum(part.skipped for part in parts)
+    skipped = [entry for part in parts for entry in part.skipped]
     if skipped:
-        log.warning("%s: skipped %d unreadable source files", name, skipped)
+        log.warning("%s: skipped %d unreadable source files", name, len(skipped))
     manifest.attrs["skipped"] = skipped
     manifest.attrs["sources"] = sources
     return manifest

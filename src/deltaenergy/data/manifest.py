@@ -4,6 +4,9 @@ Columns, exactly and in this order: ``path`` (string as written, relative to the
 absolute), ``label`` (int; class index for ``id``/``covariate`` rows, -1 for ``ood`` rows), ``split``
 (train | val | test), ``dataset`` (registry name), ``role`` (id | covariate | ood). Row ``i`` of a
 manifest is row ``i`` of every feature/score file derived from it.
+
+A manifest's sidecar ``<manifest>.json`` records how it was built: ``images`` (rows), ``on_bad_image``
+and the source files left out as unreadable (``skipped`` count, ``skipped_files`` with each error).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import os
 import numpy as np
 import pandas as pd
 
-from deltaenergy.io import write_csv
+from deltaenergy.io import write_csv, write_json
 
 MANIFEST_COLUMNS = ("path", "label", "split", "dataset", "role")
 SPLITS = ("train", "val", "test")
@@ -84,3 +87,10 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
         path, dtype={c: str for c in ("path", "split", "dataset", "role")}, keep_default_na=False
     )
     return validate_manifest(frame, source=str(path))
+
+
+def write_manifest_sidecar(manifest_path: str | os.PathLike, frame: pd.DataFrame, on_bad_image: str) -> None:
+    """Write ``<manifest_path>.json``: row count, ``on_bad_image`` and ``frame.attrs['skipped']`` (if any)."""
+    skipped = list(frame.attrs.get("skipped", []))
+    write_json(f"{manifest_path}.json", {"images": len(frame), "on_bad_image": on_bad_image,
+                                          "skipped": len(skipped), "skipped_files": skipped})

@@ -5,7 +5,8 @@ constant ``warmup_lr``; epoch e >= warmup runs at ``0.5 · lr · (1 + cos(π e /
 visits every training image once in an order drawn from a generator seeded by (seed, epoch); the last
 batch may be smaller (no image is dropped). A checkpoint (learned parameters, optimizer state, log) is
 written atomically after every epoch; a rerun with the same fingerprint resumes from it and reaches the
-same final prompt as an uninterrupted run. A non-finite loss stops training with the step and loss terms.
+same final prompt as an uninterrupted run. A non-finite loss or gradient stops training with the step
+and the loss terms, before the optimizer step (no NaN reaches the prompt or the checkpoint).
 
 Methods (``METHODS``, by ``kind``): the loss, whether the prompt is image-conditioned (CoCoOp: context
 plus meta-net, one text-encoder call over B·K prompts per step) and whether the loss needs local
@@ -18,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,13 +171,15 @@ def train_learner(
             text = text.to(feats.dtype)
             loss, terms = spec.loss(feats[batch], labels[batch], text, tau, params,
                                     local=None if local is None else local[batch])
+            where = f"at epoch {epoch}, step {step} (terms {terms}); lower train.lr or check the features for NaN/inf"
             if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"{method['kind']}: loss became {loss.item()} at epoch {epoch}, step {step} "
-                    f"(terms {terms}); lower train.lr or check the features for NaN/inf"
-                )
+                raise TrainingDiverged(f"{method['kind']}: loss became {loss.item()} {where}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            bad = [name for name, p in learner.learned_parameters().items()
+                   if p.grad is not None and not torch.isfinite(p.grad).all()]
+            if bad:  # e.g. a NaN in features that a mask kept out of the loss but not out of its gradient
+                raise TrainingDiverged(f"{method['kind']}: gradient of {bad} became NaN/inf {where}")
             optimizer.step()
             with torch.no_grad():
                 acc = float((similarities(feats[batch], text).argmax(-1) == labels[batch]).float().mean())
@@ -187,3 +191,28 @@ def train_learner(
         with atomic_path(checkpoint) as tmp:
             torch.save(state, tmp)
     return learner, log
+
+
+def save_prompt(path: str | Path, learner: PromptLearner, **meta) -> None:
+    """Write a trained prompt file atomically: ``{"state": learner.learned_state(), **meta}``."""
+    with atomic_path(path) as tmp:
+        torch.save({"state": learner.learned_state(), **meta}, tmp)
+
+
+def load_prompt(path: str | Path, learner: PromptLearner) -> dict:
+    """Load a prompt file written by :func:`save_prompt` into ``learner`` (``weights_only``: tensors and
+    plain containers only); return its metadata. Unreadable files, files without a ``state`` and states
+    of other names or shapes are refused with an error naming the file."""
+    fix = "delete it and rerun its train_prompt job, or score with the prompt config it was trained with"
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:  # refused object, damaged zip, empty file
+        raise ValueError(f"prompt file {path} cannot be read ({type(err).__name__}: {err}); {fix}") from err
+    if not isinstance(saved, dict) or not isinstance(saved.get("state"), dict):
+        raise ValueError(f"prompt file {path} holds no learned 'state' (not written by save_prompt); {fix}")
+    try:
+        learner.load_learned_state(saved["state"])
+    except ValueError as err:
+        raise ValueError(f"prompt file {path}: {err}; {fix}") from None
+    return {k: v for k, v in saved.items() if k != "state"}
+
