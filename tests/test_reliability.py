@@ -32,6 +32,7 @@ import errno
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -317,7 +318,7 @@ def test_skipped_images_reach_sidecar_provenance_and_index(tmp_path, monkeypatch
     features = tmp_path / "f.npz.json"
     features.write_text(json.dumps({"backbone": {"name": "x"}, "image_forward_count": 2, "n_images": 2}))
     config = {"benchmark": "b", "data": {"seed": 0}, "fewshot": {"seeds": [1]}}
-    prov = collect_provenance(config, [], [str(features)], [f"{path}.json", f"{clean}.json"])
+    prov = collect_provenance(config, [], [str(features)], manifest_sidecars=[f"{path}.json", f"{clean}.json"])
     assert prov["skipped_images"] == {str(path): 1, str(clean): 0}
     write_index(tmp_path / "index.html", {}, prov)
     page = (tmp_path / "index.html").read_text()
@@ -451,13 +452,25 @@ def test_no_config_value_reaches_a_shell_unquoted():
     import string
 
     files = [ROOT / "Snakefile", *(ROOT / "workflow" / "rules").glob("*.smk")]
+    # A shell: may also name a module-level constant assigned a plain string literal (e.g. NOTEBOOK_SHELL).
+    constants = {}
+    for path in files:
+        text = path.read_text()
+        for match in re.finditer(r"^([A-Z_]+) = (\((?:.|\n)*?\n\)|\".*\")$", text, re.M):
+            node = ast.parse(match.group(2), mode="eval").body
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                constants[match.group(1)] = node.value
     commands = [(p, line, body) for p in files for line, body in _shell_commands(p)]
     assert commands  # the report rule runs papermill and nbconvert
     for path, line, body in commands:
         where = f"{path.relative_to(ROOT)}:{line}"
-        assert body and all(t.type == tokenize.STRING for t in body), f"{where}: shell: must be string literals"
-        assert not any("f" in t.string[: t.string.index(t.string[-1])].lower() for t in body), f"{where}: f-string"
-        command = "".join(ast.literal_eval(t.string) for t in body)
+        if len(body) == 1 and body[0].type == tokenize.NAME:
+            assert body[0].string in constants, f"{where}: shell: names {body[0].string}, not a string constant"
+            command = constants[body[0].string]
+        else:
+            assert body and all(t.type == tokenize.STRING for t in body), f"{where}: shell: must be string literals"
+            assert not any("f" in t.string[: t.string.index(t.string[-1])].lower() for t in body), f"{where}: f-string"
+            command = "".join(ast.literal_eval(t.string) for t in body)
         for _, field, spec, conversion in string.Formatter().parse(command):
             if field is None:
                 continue
