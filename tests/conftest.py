@@ -33,6 +33,17 @@ def _merge(base, over):
     return base
 
 
+def restrict_methods(cfg: dict, methods: dict) -> dict:
+    """``cfg`` training only ``methods``: the diagnostics and ablations that name methods fall back to their
+    defaults (every trained method) and the EBM grid is dropped unless its base method is kept."""
+    cfg["methods"] = methods
+    cfg["diagnostics"]["hessian"]["methods"] = None
+    cfg["ablations"]["c_sweep"]["methods"] = None
+    if (cfg["ablations"].get("ebm_grid") or {}).get("base") not in methods:
+        cfg["ablations"]["ebm_grid"] = None
+    return cfg
+
+
 def reduced_config(tmp: Path) -> Path:
     cfg = _merge(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()), REDUCED)
     cfg["benchmark"] = "demo_small"

@@ -28,7 +28,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from test_workflow_demo import ROOT, SNAKEMAKE, _merge
+from conftest import ROOT, SNAKEMAKE, _merge, restrict_methods
 
 pytestmark = pytest.mark.workflow
 
@@ -51,7 +51,8 @@ TARGETS = [f"results/{SMALL['benchmark']}/metrics/{name}" for name in ("detectio
 
 def small_config(tmp: Path) -> Path:
     cfg = _merge(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()), SMALL)
-    cfg["methods"], cfg["scores"] = METHODS, SCORES
+    cfg["scores"] = SCORES
+    restrict_methods(cfg, METHODS)
     path = tmp / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

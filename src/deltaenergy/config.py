@@ -170,7 +170,8 @@ def resolve_diagnostics(config: dict) -> None:
     if diag["shots"] is None:
         diag["shots"] = max(config["fewshot"]["shots"])
     hess = diag["hessian"]
-    hess["methods"] = list(config["methods"]) if hess["methods"] is None else hess["methods"]
+    if hess["methods"] is None:  # all but the image-conditioned (CoCoOp): see schema.yaml
+        hess["methods"] = [name for name, spec in config["methods"].items() if spec["kind"] != "cocoop"]
     hess["seeds"] = list(config["fewshot"]["seeds"]) if hess["seeds"] is None else hess["seeds"]
     hess["domains"] = list(config["data"]["covariate"]) if hess["domains"] is None else hess["domains"]
     sweep = abl["c_sweep"]

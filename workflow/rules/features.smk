@@ -51,4 +51,4 @@ rule extract_views:
     conda:
         "../envs/torch.yaml"
     script:
-        "../scripts/extract_views.py"
+        "../scripts/extract_features.py"
