@@ -101,7 +101,9 @@ def test_diagnostics_nulls_resolve_to_the_study(demo):
     assert abl["c_sweep"]["methods"] == ["zeroshot", *demo["methods"]]
     del demo["diagnostics"], demo["ablations"]
     bare = validate_config(demo)
-    assert bare["diagnostics"]["hessian"]["methods"] == list(demo["methods"]) and bare["ablations"]["ebm_grid"] is None
+    # null = every trained method except the image-conditioned CoCoOp (see schema.yaml)
+    assert bare["diagnostics"]["hessian"]["methods"] == [m for m, spec in demo["methods"].items() if spec["kind"] != "cocoop"]
+    assert "cocoop" in demo["methods"] and bare["ablations"]["ebm_grid"] is None
     assert ebm_grid_variants(bare) == {}
 
 
