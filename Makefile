@@ -10,7 +10,7 @@ DEBIAN_DATA := dataset-fashion-mnist openclipart-png gimp-data wordnet-base
 DATA_FILES := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz \
               /usr/share/openclipart/png /usr/share/gimp/2.0/patterns /usr/share/wordnet/index.noun
 
-.PHONY: setup demo test system-data lint clean-results
+.PHONY: setup demo test system-data test-tools lint clean-results
 
 setup: $(VENV)/.installed system-data
 
@@ -39,8 +39,16 @@ system-data:
 demo: setup
 	$(BIN)/snakemake --cores $(CORES)
 
-test: setup
+test: setup test-tools
 	$(BIN)/python -m pytest -q
+
+# Headless Chromium for tests/test_reports_browser.py (Debian `chromium`), installed when root; without
+# root and without chromium that test says it is skipped and why.
+test-tools:
+	@if ! command -v chromium >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  echo "Installing Debian chromium for the browser test of the reports"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	fi
 
 # The checks of tests/test_lint.py (snakefmt settings: [tool.snakefmt] in pyproject.toml).
 lint: setup
