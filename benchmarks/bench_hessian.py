@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
 import socket
 import statistics
 import time
@@ -31,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from deltaenergy.backbones import build_backbone
+from deltaenergy.data.classes import FASHION_MNIST_CLASSES
 from deltaenergy.hessian import (
     HVP_METHODS,
     MAX_EXACT_PARAMS,
@@ -41,27 +41,17 @@ from deltaenergy.hessian import (
 )
 from deltaenergy.io import write_json
 from deltaenergy.prompts import PromptLearner
+from deltaenergy.provenance import cpu_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
-FMNIST = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def prompt(backbone, n_ctx: int, n: int, tau: float, seed: int):
     """(loss_fn, theta, tokens per prompt) of a random-context prompt on n random unit features."""
     gen = torch.Generator().manual_seed(seed)
-    learner = PromptLearner(backbone, FMNIST, n_ctx=n_ctx, generator=gen)
+    learner = PromptLearner(backbone, FASHION_MNIST_CLASSES, n_ctx=n_ctx, generator=gen)
     feats = F.normalize(torch.randn(n, backbone.embed_dim, generator=gen), dim=-1)
-    labels = torch.randint(0, len(FMNIST), (n,), generator=gen)
+    labels = torch.randint(0, len(FASHION_MNIST_CLASSES), (n,), generator=gen)
     return prompt_loss_fn(learner, feats, labels, tau), learner.ctx.detach().flatten(), learner.tokens.ids.shape[1]
 
 
@@ -156,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "setup": {"backbone": "standin-conse", "classes": len(FMNIST), "n": args.n, "tau": tau, "dtype": "float32",
+        "setup": {"backbone": "standin-conse", "classes": len(FASHION_MNIST_CLASSES), "n": args.n, "tau": tau, "dtype": "float32",
                   "probes": args.probes, "chunk": args.chunk, "demo_n_ctx": args.demo_n_ctx},
         "repeats": args.repeats,
         "seed": args.seed,
@@ -171,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
     path = args.out / f"hessian-{result['host']}-{now:%Y%m%d}.json"
     write_json(path, result)
 
-    print(f"\nstandin-conse prompt, K={len(FMNIST)}, N={args.n}, float32, {result['torch_threads']} torch "
+    print(f"\nstandin-conse prompt, K={len(FASHION_MNIST_CLASSES)}, N={args.n}, float32, {result['torch_threads']} torch "
           f"threads, {result['cpu']}, 1-min load average {load_before[0]:.2f} -> {result['loadavg_after'][0]:.2f}\n")
     print(f"HVP throughput, demo prompt n_ctx={args.demo_n_ctx} ({args.hvp_vectors} vectors)\n")
     print("| method | block | vmap | median s/HVP | min | max |\n|---|---:|---|---:|---:|---:|")

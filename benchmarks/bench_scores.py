@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
 import socket
 import statistics
 import time
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 
 from deltaenergy.io import write_json
+from deltaenergy.provenance import cpu_model
 from deltaenergy.scores import SCORES, compute_score
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -86,16 +86,6 @@ def time_case(name: str, sims: torch.Tensor, kwargs: dict, repeats: int) -> list
         compute_score(name, sims, **kwargs)
         times.append(time.perf_counter() - start)
     return times
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -61,6 +61,17 @@ def debian_versions(names: list[str]) -> dict[str, str]:
     return {name: found.get(name, "not installed") for name in names}
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo, else platform.processor(), else "unknown")."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def device() -> dict:
     info = {"platform": platform.platform(), "python": platform.python_version(), "cuda": torch.cuda.is_available()}
     if torch.cuda.is_available():
