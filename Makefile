@@ -6,9 +6,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= all
 # Debian packages the demo reads its data from (see README "What the demo is").
-DEBIAN_DATA := dataset-fashion-mnist openclipart-png gimp-data wordnet-base
+DEBIAN_DATA := dataset-fashion-mnist openclipart-png gimp-data wordnet-base tuxpaint-stamps-default
 DATA_FILES := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz \
-              /usr/share/openclipart/png /usr/share/gimp/2.0/patterns /usr/share/wordnet/index.noun
+              /usr/share/openclipart/png /usr/share/gimp/2.0/patterns /usr/share/wordnet/index.noun \
+              /usr/share/tuxpaint/stamps/animals
 
 .PHONY: setup demo test system-data test-tools lint clean-results
 
@@ -20,7 +21,6 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(BIN)/python -m pip install --quiet -e '.[test]'
-	$(BIN)/python -m pip install --quiet --no-deps animal-mnist==0.4
 	touch $@
 
 system-data:

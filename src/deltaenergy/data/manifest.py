@@ -90,7 +90,9 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def write_manifest_sidecar(manifest_path: str | os.PathLike, frame: pd.DataFrame, on_bad_image: str) -> None:
-    """Write ``<manifest_path>.json``: row count, ``on_bad_image`` and ``frame.attrs['skipped']`` (if any)."""
+    """Write ``<manifest_path>.json``: row count, the requested ``frame.attrs['sizes']`` (a set may hold fewer
+    images than asked for, see ``stamps_animals``), ``on_bad_image`` and ``frame.attrs['skipped']`` (if any)."""
     skipped = list(frame.attrs.get("skipped", []))
-    write_json(f"{manifest_path}.json", {"images": len(frame), "on_bad_image": on_bad_image,
-                                          "skipped": len(skipped), "skipped_files": skipped})
+    write_json(f"{manifest_path}.json", {"images": len(frame), "sizes": frame.attrs.get("sizes", {}),
+                                          "on_bad_image": on_bad_image, "skipped": len(skipped),
+                                          "skipped_files": skipped})

@@ -18,18 +18,18 @@ Download sources and checksums (never invented; see each entry's comment):
   binary package's ``.gz`` files are re-compressed by Debian (other bytes) but decompress to identical
   IDX data (checked), so both sources give the same images.
 - ``gimp-patterns``: GIMP's source tarball (``data/patterns`` only), SHA-256 as pinned in its entry.
-- ``openclipart``, ``wordnet``: the Debian binary package itself (a ``.deb`` from the Debian archive,
-  SHA-256 from Debian's signed ``Packages`` index, as ``apt-cache show`` prints it), of which only the
-  data folder is extracted, with the same safety checks as any archive. This gives the same files as the
-  installed package without root. Upstream archives are not used: openclipart's 0.18 archive is
-  repacked by Debian (``+dfsg``), so its checksum could not be established; Princeton's WordNet 3.0
-  tarball ships no prebuilt ``index.*`` files in the form Debian installs, and its ``wn3.1.dict``
-  tarball is another WordNet version (other candidate words for NegLabel).
+- ``openclipart``, ``wordnet``, ``tuxpaint-animals``: the Debian binary package itself (a ``.deb`` from
+  the Debian archive, SHA-256 from Debian's signed ``Packages`` index, as ``apt-cache show`` prints it),
+  of which only the data folder is extracted, with the same safety checks as any archive. This gives the
+  same files as the installed package without root. Upstream archives are not used: openclipart's 0.18
+  archive is repacked by Debian (``+dfsg``), so its checksum could not be established; Princeton's
+  WordNet 3.0 tarball ships no prebuilt ``index.*`` files in the form Debian installs, and its
+  ``wn3.1.dict`` tarball is another WordNet version (other candidate words for NegLabel); for Tux Paint's
+  own stamps tarball no checksum could be established here, while Debian's index pins its package.
 
-Animal-MNIST has no download source (a documented gap): its only published form is the pickle files
-inside the PyPI package ``animal-mnist``, and nothing downloaded is ever unpickled; the package is
-installed by pip in both supported environments (no root needed). scikit-learn's digits ship with
-scikit-learn.
+The Tux Paint animal stamps replace Animal-MNIST as a semantic-OOD set: Animal-MNIST's only published form
+is the pickle files inside the PyPI package ``animal-mnist``, and nothing downloaded is ever unpickled.
+scikit-learn's digits ship with scikit-learn.
 """
 
 from __future__ import annotations
@@ -123,6 +123,13 @@ SOURCES: dict[str, DataSource] = {
                  "61060d960f9ada8fa120872312eccd3ecebfbab8c4579e4f5a74e1cf67620752"),
             member="usr/share/wordnet",
         ),
+        # Tux Paint's stamps (a 153 MiB file), of which only the animals folder is extracted.
+        DataSource(
+            "tuxpaint-animals", "tuxpaint/stamps/animals", "tuxpaint-stamps-default",
+            _deb("pool/main/t/tuxpaint-stamps/tuxpaint-stamps-default_2022.06.04-1_all.deb",
+                 "6db6c1bfc870a47f1499d6203b083522eacb57c5f9c87d468f2e92eb6d9d5f34"),
+            member="usr/share/tuxpaint/stamps/animals",
+        ),
     )
 }  # fmt: skip
 
@@ -132,12 +139,12 @@ DATASET_SOURCES: dict[str, tuple[str, ...]] = {
     "fmnist_sketch": ("fashion-mnist",),
     "fmnist_corrupt": ("fashion-mnist",),
     "fmnist_rendition": ("fashion-mnist",),
-    "animal_mnist": (),
+    "stamps_animals": ("tuxpaint-animals",),
     "digits": (),
     "clipart": ("openclipart",),
     "textures": ("gimp-patterns",),
 }
-"""Data sources each demo dataset reads (animal_mnist and digits come from PyPI packages)."""
+"""Data sources each demo dataset reads (digits come from the PyPI package scikit-learn)."""
 
 
 def system_data_root() -> Path:
