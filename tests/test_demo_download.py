@@ -27,7 +27,9 @@ from fault_server import FaultServer
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = {"fashion_mnist": {"train_per_class": 2, "val_per_class": 1, "test_per_class": 2},
          "covariate": {"n_per_class": 2}, "ood": {"n": 6}}
-DATASETS = ["fashion_mnist", "fmnist_sketch", "clipart", "textures"]
+DATASETS = ["fashion_mnist", "fmnist_sketch", "clipart", "textures", "stamps_animals"]
+NOT_DATA = {".snakemake_timestamp", "Makefile.am"}
+"""Files beside the data in an extracted folder: Snakemake's stamp of a directory output, GIMP's build file."""
 
 
 def _idx(array: np.ndarray) -> bytes:
@@ -36,9 +38,9 @@ def _idx(array: np.ndarray) -> bytes:
     return gzip.compress(header + array.tobytes(), mtime=0)
 
 
-def _png(rgba) -> bytes:
+def _png(rgba, size=(12, 8)) -> bytes:
     buf = io.BytesIO()
-    Image.new("RGBA", (12, 8), rgba).save(buf, format="PNG")
+    Image.new("RGBA", size, rgba).save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -79,7 +81,15 @@ def installed_layout() -> dict[str, dict[str, bytes]]:
     patterns = {f"gimp/2.0/patterns/Mini/p{i}.pat":
                 _gimp_pattern(f"p{i}", rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)) for i in range(3)}
     wordnet = {"wordnet/index.noun": b"  1 licence line\ndog n 1\ncat n 1\n", "wordnet/index.adj": b"red a 1\n"}
-    return {"fashion-mnist": fmnist, "openclipart": clipart, "gimp-patterns": patterns, "wordnet": wordnet}
+    # Tux Paint's layout: PNG stamps in nested folders, each with its .txt description (and .dat options,
+    # .ogg sounds); a few stamps are .svg only. Fewer PNGs than SIZES' n = 6: all of them are used.
+    animals = "tuxpaint/stamps/animals"
+    stamps = {f"{animals}/{name}.png": _png((30 * i, 100, 200 - 30 * i, 255 if i % 2 else 128), (20 + 6 * i, 16))
+              for i, name in enumerate(["birds/owl", "birds/cartoon/tux", "mammals/bears/bear", "fish/clownfish"])}
+    stamps |= {f"{animals}/birds/owl.txt": b"An owl.\n", f"{animals}/birds/owl.dat": b"noflip\n",
+               f"{animals}/birds/owl.ogg": b"OggS", f"{animals}/birds/swallow.svg": b"<svg/>"}
+    return {"fashion-mnist": fmnist, "openclipart": clipart, "gimp-patterns": patterns, "wordnet": wordnet,
+            "tuxpaint-animals": stamps}
 
 
 def _tar_bz2(files: dict[str, bytes]) -> bytes:
@@ -95,10 +105,13 @@ def _tar_bz2(files: dict[str, bytes]) -> bytes:
 def miniatures(layout: dict[str, dict[str, bytes]]) -> dict[str, dict[str, bytes]]:
     """Per source key: file name -> bytes, shaped like the canonical downloads (IDX .gz files, GIMP's
     source tarball, Debian packages), each holding its miniature where the real archive has the data."""
-    debs = {"openclipart": "openclipart-png_mini_all.deb", "wordnet": "wordnet-base_mini_all.deb"}
+    debs = {"openclipart": "openclipart-png_mini_all.deb", "wordnet": "wordnet-base_mini_all.deb",
+            "tuxpaint-animals": "tuxpaint-stamps-default_mini_all.deb"}
+    beside = {"tuxpaint-animals": {"usr/share/tuxpaint/stamps/vehicles/car.png": _png((0, 0, 0, 255)),
+                                   "usr/share/doc/tuxpaint-stamps-default/copyright": b"License: GPL-2\n"}}
     out = {"fashion-mnist": {Path(p).name: data for p, data in layout["fashion-mnist"].items()}}
     for key, name in debs.items():
-        out[key] = {name: _deb({f"usr/share/{p}": data for p, data in layout[key].items()})}
+        out[key] = {name: _deb({**{f"usr/share/{p}": data for p, data in layout[key].items()}, **beside.get(key, {})})}
     member = sources.SOURCES["gimp-patterns"].member
     gimp = {f"{member}/{p.removeprefix('gimp/2.0/patterns/')}": data for p, data in layout["gimp-patterns"].items()}
     out["gimp-patterns"] = {"gimp-mini.tar.bz2": _tar_bz2({**gimp, f"{member}/Makefile.am": b"# build file\n"})}
@@ -159,22 +172,31 @@ def test_data_rules_fetch_verify_and_extract_without_the_debian_packages(fetched
     for name, data in minis["fashion-mnist"].items():
         assert (downloads / "fashion-mnist" / name).read_bytes() == data
     layout = installed_layout()
-    for key in ("openclipart", "gimp-patterns", "wordnet"):
+    for key in ("openclipart", "gimp-patterns", "wordnet", "tuxpaint-animals"):
         relative = sources.SOURCES[key].relative
         extracted = {f"{relative}/{p.relative_to(downloads / key)}": p.read_bytes()
-                     for p in (downloads / key).rglob("*") if p.suffix in {".png", ".pat", ".noun", ".adj"}}
-        assert extracted == layout[key], key
+                     for p in (downloads / key).rglob("*") if p.is_file() and p.name not in NOT_DATA}
+        assert extracted == layout[key], key  # only the package's data folder (no vehicles, no doc)
 
 
 @pytest.mark.workflow
 def test_provenance_of_each_dataset_names_the_download(fetched_run):
     tmp, _, _ = fetched_run
     expected = {"fashion_mnist": ["fashion-mnist"], "fmnist_sketch": ["fashion-mnist"], "clipart": ["openclipart"],
-                "textures": ["gimp-patterns", "scikit-image"]}
+                "textures": ["gimp-patterns", "scikit-image"], "stamps_animals": ["tuxpaint-animals"]}
     for dataset, keys in expected.items():
         records = json.loads((tmp / "results/dl/data" / dataset / "sources.json").read_text())
         assert [r["source"] for r in records] == keys
         assert records[0]["kind"] == "download" and records[0]["files"][0]["url"].startswith("http://127.0.0.1:")
+
+
+@pytest.mark.workflow
+def test_a_set_with_fewer_images_than_n_is_used_whole_and_its_sidecar_says_so(fetched_run):
+    tmp, _, _ = fetched_run
+    sidecar = json.loads((tmp / "results/dl/manifests/stamps_animals.csv.json").read_text())
+    assert sidecar["images"] == 4 and sidecar["sizes"] == SIZES["ood"] == {"n": 6}
+    assert json.loads((tmp / "results/dl/manifests/clipart.csv.json").read_text())["images"] == 6
+    assert len(list((tmp / "results/dl/data/stamps_animals/test").glob("*.png"))) == 4
 
 
 @pytest.mark.workflow
@@ -201,22 +223,23 @@ def test_downloaded_and_installed_sources_give_identical_datasets(fetched_run, t
 
 
 @pytest.mark.workflow
-def test_wrong_checksum_stops_the_rule_with_a_clear_message(served, tmp_path):
+@pytest.mark.parametrize("key, dataset", [("gimp-patterns", "textures"), ("tuxpaint-animals", "stamps_animals")])
+def test_wrong_checksum_stops_the_rule_with_a_clear_message(served, tmp_path, key, dataset):
     _, table = served
     bad = json.loads(json.dumps(table))
-    bad["gimp-patterns"][0]["digest"] = "sha256:" + "ab" * 32
-    proc = _run(tmp_path, bad, ["results/dl/manifests/textures.csv"])
+    bad[key][0]["digest"] = "sha256:" + "ab" * 32
+    proc = _run(tmp_path, bad, [f"results/dl/manifests/{dataset}.csv"])
     assert proc.returncode != 0
-    log = (tmp_path / "resources/downloads/logs/gimp-patterns.log").read_text()
-    good = table["gimp-patterns"][0]["digest"].split(":")[1]
-    for needle in ("data source 'gimp-patterns'", "checksum mismatch", table["gimp-patterns"][0]["urls"][1],
+    log = (tmp_path / f"resources/downloads/logs/{key}.log").read_text()
+    good = table[key][0]["digest"].split(":")[1]
+    for needle in (f"data source '{key}'", "checksum mismatch", table[key][0]["urls"][1],
                    "expected sha256 " + "ab" * 32, f"found {good}", "Fix: delete"):
         assert needle in log, needle
-    assert "gimp-patterns" in proc.stdout + proc.stderr
+    assert key in proc.stdout + proc.stderr
     downloads = tmp_path / "resources/downloads"
-    assert not (downloads / "gimp-patterns.complete").exists() and not (downloads / "gimp-patterns").exists()
-    assert not (downloads / "archives" / "gimp-mini.tar.bz2").exists()
-    assert not (tmp_path / "results/dl/manifests/textures.csv").exists()
+    assert not (downloads / f"{key}.complete").exists() and not (downloads / key).exists()
+    assert not (downloads / "archives" / table[key][0]["name"]).exists()
+    assert not (tmp_path / f"results/dl/manifests/{dataset}.csv").exists()
 
 
 def test_resolve_prefers_the_installed_package_and_names_both_fixes(tmp_path, monkeypatch):
