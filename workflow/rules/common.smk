@@ -20,7 +20,7 @@ os.environ.update(
 )
 
 from deltaenergy.config import validate_config, ConfigError  # noqa: E402
-from deltaenergy.data.classes import ID_CLASSES  # noqa: E402
+from deltaenergy.data.classes import id_class_names  # noqa: E402
 from deltaenergy.data.sources import DATASET_SOURCES, FETCHED_DATA_ENV, SOURCES, system_available  # noqa: E402
 
 try:
@@ -30,9 +30,12 @@ except ConfigError as err:
 config.clear()
 config.update(_validated)
 
-R = f"results/{config['benchmark']}"
+# One study of a config holding several (studies.smk) files its outputs under results/<benchmark>/<study>/.
+R = "/".join(["results", config["benchmark"], *([config["study"]] if "study" in config else [])])
 BACKBONE = config["backbone"]["name"]
 ID_DATASET = config["data"]["id"]
+# The prompts' class names in label order: the demo's static list, or the registry protocol's ID classes.
+ID_CLASSNAMES = id_class_names(config["data"])
 DATASETS = [ID_DATASET, *config["data"]["covariate"], *config["data"]["ood"]]
 SHOTS = config["fewshot"]["shots"]
 SEEDS = config["fewshot"]["seeds"]

@@ -63,7 +63,7 @@ rule masking_zeroshot_data:
     output:
         f"{R}/diagnostics/masking_zeroshot.parquet",
     params:
-        classnames=ID_CLASSES[ID_DATASET],
+        classnames=ID_CLASSNAMES,
         zeroshot=config["zeroshot"],
         masking=DIAG["masking"],
         backbone=config["backbone"],
@@ -95,7 +95,7 @@ rule hessian_prompt:
         domains=HESSIAN["domains"],
         hessian=HESSIAN,
         tau=config["train"]["tau"],
-        classnames=ID_CLASSES[ID_DATASET],
+        classnames=ID_CLASSNAMES,
         method=lambda w: config["methods"][w.method],
         prompt=config["prompt"],
         backbone=config["backbone"],
@@ -130,7 +130,7 @@ rule c_sweep:
         id_dataset=ID_DATASET,
         c=ABL["c_sweep"]["c"],
         score=config["scores"][ABL["c_sweep"]["score"]],
-        classnames=ID_CLASSES[ID_DATASET],
+        classnames=ID_CLASSNAMES,
         methods=config["methods"],
         zeroshot=config["zeroshot"],
         prompt=config["prompt"],
@@ -160,7 +160,7 @@ rule train_ablation:
         log=f"{R}/ablations/train/{{method}}/shots{{shots}}_seed{{seed}}/train_log.csv",
     params:
         checkpoint=lambda w: f"{R}/ablations/train/{w.method}/shots{w.shots}_seed{w.seed}/checkpoint.pt",
-        classnames=ID_CLASSES[ID_DATASET],
+        classnames=ID_CLASSNAMES,
         method=lambda w: EBM_GRID[w.method],
         train=config["train"],
         prompt=config["prompt"],
@@ -190,7 +190,7 @@ rule score_ablation:
     output:
         [f"{R}/ablations/scores/{{method}}/shots{{shots}}_seed{{seed}}/{d}.parquet" for d in DATASETS],
     params:
-        classnames=ID_CLASSES[ID_DATASET],
+        classnames=ID_CLASSNAMES,
         method=lambda w: EBM_GRID[w.method],
         scores=config["scores"],
         zeroshot=config["zeroshot"],

@@ -76,3 +76,7 @@ rule index:
         "../envs/report.yaml"
     script:
         "../scripts/index.py"
+
+
+# What `snakemake` builds (rule all in the Snakefile): the index and every report it links.
+TARGETS = [f"{R}/reports/index.html", *expand(f"{R}/reports/{{report}}.html", report=DIAGNOSTIC_REPORTS)]

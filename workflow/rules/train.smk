@@ -11,7 +11,7 @@ rule train_prompt:
         log=f"{R}/train/{{method}}/shots{{shots}}_seed{{seed}}/train_log.csv",
     params:
         checkpoint=lambda w: f"{run_dir('train', w.method, w.shots, w.seed)}/checkpoint.pt",
-        classnames=ID_CLASSES[ID_DATASET],
+        classnames=ID_CLASSNAMES,
         method=lambda w: config["methods"][w.method],
         train=config["train"],
         prompt=config["prompt"],
