@@ -85,13 +85,17 @@ def check_consistency(config: dict) -> None:
     from .data.classes import id_class_names
 
     n_classes = len(id_class_names(config["data"]))
-    # The demo's training pool is a config key; a registry dataset's is its train split (checked when drawn).
-    pool = config["data"]["sizes"]["fashion_mnist"]["train_per_class"] if config["data"]["kind"] == "demo" else None
-    too_many = [s for s in config["fewshot"]["shots"] if pool is not None and s > pool]
+    data = config["data"]
+    pool_key = f"data.sizes.{data['id']}.train_per_class"
+    if data["kind"] == "demo":
+        pool = data["sizes"][data["id"]]["train_per_class"]
+    else:  # the registry's default pool (deltaenergy.data.real.build_real_dataset) unless data.sizes sets one
+        pool = data["sizes"].get(data["id"], {}).get("train_per_class", 16)
+    too_many = [s for s in config["fewshot"]["shots"] if s > pool]
     if too_many:
         raise ConfigError(
             f"config key 'fewshot.shots': {too_many} exceed the per-class training pool "
-            f"(data.sizes.fashion_mnist.train_per_class = {pool}); lower the shots or raise the pool"
+            f"({pool_key} = {pool}); lower the shots or raise the pool"
         )
     for name, spec in config["methods"].items():
         if spec["kind"] == "locoop" and not spec["top_k"] < n_classes:

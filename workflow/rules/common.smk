@@ -75,6 +75,16 @@ def prompt_input(w):
     return f"{run_dir('train', w.method, w.shots, w.seed)}/prompt.pt"
 
 
+# The open_clip tag's download record (rule fetch_weights), an input of every job that builds the backbone;
+# none for a local checkpoint or the stand-in.
+_OPTIONS = config["backbone"]["options"]
+WEIGHTS = (
+    [f"resources/weights/{_OPTIONS['arch']}/{_OPTIONS['pretrained']}.json"]
+    if config["backbone"]["name"] == "openclip" and _OPTIONS.get("pretrained")
+    else []
+)
+
+
 def features_path(dataset):
     return f"{R}/features/{BACKBONE}/{dataset}.npz"
 

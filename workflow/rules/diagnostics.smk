@@ -58,6 +58,7 @@ C_SWEEP_RUNS = list(dict.fromkeys(C_SWEEP_RUNS))
 
 rule masking_zeroshot_data:
     input:
+        weights=WEIGHTS,
         features=[features_path(d) for d in DATASETS],
         manifests=expand(f"{R}/manifests/{{dataset}}.csv", dataset=DATASETS),
     output:
@@ -83,6 +84,7 @@ rule masking_zeroshot_data:
 
 rule hessian_prompt:
     input:
+        weights=WEIGHTS,
         prompt=f"{R}/train/{{method}}/shots{{shots}}_seed{{seed}}/prompt.pt",
         id_features=features_path(ID_DATASET),
         id_manifest=f"{R}/manifests/{ID_DATASET}.csv",
@@ -119,6 +121,7 @@ rule hessian_prompt:
 
 rule c_sweep:
     input:
+        weights=WEIGHTS,
         features=[features_path(d) for d in [ID_DATASET, *config["data"]["ood"]]],
         manifests=expand(f"{R}/manifests/{{dataset}}.csv", dataset=[ID_DATASET, *config["data"]["ood"]]),
         prompts=[f"{run_dir('train', m, k, s)}/prompt.pt" for m, k, s in C_SWEEP_RUNS if k > 0],
@@ -152,6 +155,7 @@ rule c_sweep:
 # The EBM grid reuses the training and scoring scripts; `method` is the variant's name here.
 rule train_ablation:
     input:
+        weights=WEIGHTS,
         features=features_path(ID_DATASET),
         fewshot=f"{R}/manifests/fewshot/shots{{shots}}_seed{{seed}}.csv",
         views=VIEWS,
@@ -183,8 +187,10 @@ rule train_ablation:
 
 rule score_ablation:
     input:
+        weights=WEIGHTS,
         features=[features_path(d) for d in DATASETS],
         manifests=expand(f"{R}/manifests/{{dataset}}.csv", dataset=DATASETS),
+        sidecars=expand(f"{R}/manifests/{{dataset}}.csv.json", dataset=DATASETS),
         prompt=f"{R}/ablations/train/{{method}}/shots{{shots}}_seed{{seed}}/prompt.pt",
         neglabels=rules.mine_negative_labels.output.labels if NEGLABEL_SCORES else [],
     output:

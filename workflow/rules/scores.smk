@@ -6,6 +6,7 @@ NEGLABEL_SCORES = [c for c, spec in config["scores"].items() if spec["score"] ==
 
 rule mine_negative_labels:
     input:
+        weights=WEIGHTS,
         wordnet=source_markers(["wordnet"]),
     output:
         labels=f"{R}/neglabels/{BACKBONE}/{ID_DATASET}.npz",
@@ -31,6 +32,7 @@ rule mine_negative_labels:
 
 rule score_run:
     input:
+        weights=WEIGHTS,
         features=[features_path(d) for d in DATASETS],
         manifests=expand(f"{R}/manifests/{{dataset}}.csv", dataset=DATASETS),
         sidecars=expand(f"{R}/manifests/{{dataset}}.csv.json", dataset=DATASETS),

@@ -1,7 +1,9 @@
 # A config holding several studies (hard_ood: two protocols; cross_dataset: dataset x held-out domain):
 # each study is the whole workflow as a Snakemake module of the same Snakefile, with its validated config
 # (the top-level keys, its `studies` entry replacing them) and its own results/<benchmark>/<study>/.
-# Rules are named <study>_<rule>; `snakemake <study>_all` runs one study.
+# Rules are named <study>_<rule>; `snakemake <study>_all` runs one study. Downloads (fetch_*) write files
+# shared by all studies (resources/): only the first study's module declares those rules, so each file has
+# one producer.
 import sys
 from pathlib import Path
 
@@ -25,6 +27,12 @@ for STUDY, STUDY_CONFIG in STUDY_CONFIGS.items():
         config:
             STUDY_CONFIG
 
-    use rule * from STUDY as STUDY_RULES*
+    if not TARGETS:
+
+        use rule * from STUDY as STUDY_RULES*
+
+    else:
+
+        use rule * from STUDY exclude fetch_source, fetch_weights, fetch_dataset as STUDY_RULES*
 
     TARGETS += [f"results/{config['benchmark']}/{STUDY}/reports/index.html"]

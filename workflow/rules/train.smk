@@ -3,6 +3,7 @@
 
 rule train_prompt:
     input:
+        weights=WEIGHTS,
         features=features_path(ID_DATASET),
         fewshot=f"{R}/manifests/fewshot/shots{{shots}}_seed{{seed}}.csv",
         views=VIEWS,
