@@ -6,7 +6,9 @@ absolute), ``label`` (int; class index for ``id``/``covariate`` rows, -1 for ``o
 manifest is row ``i`` of every feature/score file derived from it.
 
 A manifest's sidecar ``<manifest>.json`` records how it was built: ``images`` (rows), ``on_bad_image``
-and the source files left out as unreadable (``skipped`` count, ``skipped_files`` with each error).
+and the source files left out as unreadable (``skipped`` count, ``skipped_files`` with each error); a real
+dataset's also ``class_subset`` (the ID label indices its images can have, e.g. ImageNet-A's 200) and
+``source`` (registry entry, folder, origin).
 """
 
 from __future__ import annotations
@@ -89,8 +91,10 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
     return validate_manifest(frame, source=str(path))
 
 
-def write_manifest_sidecar(manifest_path: str | os.PathLike, frame: pd.DataFrame, on_bad_image: str) -> None:
-    """Write ``<manifest_path>.json``: row count, ``on_bad_image`` and ``frame.attrs['skipped']`` (if any)."""
+def write_manifest_sidecar(manifest_path: str | os.PathLike, frame: pd.DataFrame, on_bad_image: str,
+                           **extra) -> None:
+    """Write ``<manifest_path>.json``: row count, ``on_bad_image``, ``frame.attrs['skipped']`` (if any) and
+    the ``extra`` keys (real datasets: ``class_subset``, ``source``)."""
     skipped = list(frame.attrs.get("skipped", []))
     write_json(f"{manifest_path}.json", {"images": len(frame), "on_bad_image": on_bad_image,
-                                          "skipped": len(skipped), "skipped_files": skipped})
+                                          "skipped": len(skipped), "skipped_files": skipped, **extra})
