@@ -85,6 +85,15 @@ WEIGHTS = (
 )
 
 
+def dataset_dirs(datasets):
+    """The image folders the demo builds under results/ (registry datasets are read where they lie: none)."""
+    return [f"{R}/data/{d}" for d in datasets] if config["data"]["kind"] == "demo" else []
+
+
+# The registry protocol's ID class list (rule id_classes), recorded in provenance.json.
+CLASSES_JSON = [f"{R}/manifests/classes.json"] if config["data"]["kind"] == "registry" else []
+
+
 def features_path(dataset):
     return f"{R}/features/{BACKBONE}/{dataset}.npz"
 

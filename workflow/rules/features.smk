@@ -28,7 +28,7 @@ rule fetch_weights:
 rule extract_features:
     input:
         manifest=f"{R}/manifests/{{dataset}}.csv",
-        images=f"{R}/data/{{dataset}}",
+        images=lambda w: dataset_dirs([w.dataset]),
         weights=WEIGHTS,
     output:
         features=f"{R}/features/{BACKBONE}/{{dataset}}.npz",
@@ -54,7 +54,7 @@ rule extract_features:
 rule extract_views:
     input:
         manifest=f"{R}/manifests/{ID_DATASET}.csv",
-        images=f"{R}/data/{ID_DATASET}",
+        images=dataset_dirs([ID_DATASET]),
         weights=WEIGHTS,
     output:
         features=VIEWS_PATH,
