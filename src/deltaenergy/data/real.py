@@ -415,18 +415,25 @@ def _protocol(data_config: dict) -> dict:
 def id_classes(data_config: dict) -> tuple[list[str], list[str]]:
     """(ids, names) of the ID classes in label order: ImageNet wnids and open_clip names, or PACS/VLCS
     folder names (names with '_' as spaces)."""
-    protocol = _protocol(data_config)
+    ids = id_class_ids(data_config)
+    if _protocol(data_config)["name"] == "cross_dataset":
+        return ids, [c.replace("_", " ") for c in ids]
     wnids, names = protocols.imagenet_classes()
+    index = {w: i for i, w in enumerate(wnids)}
+    return ids, [names[index[w]] for w in ids]
+
+
+def id_class_ids(data_config: dict) -> list[str]:
+    """The ids of :func:`id_classes` without loading the class names (no open_clip import)."""
+    protocol = _protocol(data_config)
+    if protocol["name"] == "cross_dataset":
+        return protocols.cross_dataset(data_config["id"], protocol["held_out"])["classes"]
+    wnids = protocols.imagenet_wnids()
     if protocol["name"] == "imagenet1k":
-        return wnids, names
+        return wnids
     if protocol["name"] == "hard_split":
-        chosen, _ = protocols.hard_split(protocol.get("seed", 0), protocol.get("fraction", 0.4))
-        return [wnids[i] for i in chosen], [names[i] for i in chosen]
-    if protocol["name"] == "imagenet10_20":
-        ten, _ = protocols.imagenet10_20()
-        return ten, [names[wnids.index(w)] for w in ten]
-    classes = protocols.cross_dataset(data_config["id"], protocol["held_out"])["classes"]
-    return classes, [c.replace("_", " ") for c in classes]
+        return [wnids[i] for i in protocols.hard_split(protocol.get("seed", 0), protocol.get("fraction", 0.4))[0]]
+    return protocols.imagenet10_20()[0]
 
 
 def dataset_spec(dataset: str, data_config: dict) -> DatasetSpec:
@@ -435,11 +442,11 @@ def dataset_spec(dataset: str, data_config: dict) -> DatasetSpec:
     ``imagenet1k_open`` (hard_split: val images of the OOD classes) and ``<pacs|vlcs>_<domain>`` (the
     held-out domain). Covariate ImageNet sets keep only folders of ID classes."""
     protocol = _protocol(data_config)
-    ids, _ = id_classes(data_config)
+    ids = id_class_ids(data_config)
     label = {c: i for i, c in enumerate(ids)}
     role = ("id" if dataset == data_config.get("id") else
             "covariate" if dataset in (data_config.get("covariate") or ()) else "ood")
-    wnids, _ = protocols.imagenet_classes()
+    wnids = protocols.imagenet_wnids()
     if protocol["name"] == "cross_dataset":
         setup = protocols.cross_dataset(data_config["id"], protocol["held_out"])
         if dataset == data_config["id"]:
@@ -490,7 +497,7 @@ def build_real_dataset(dataset: str, data_config: dict, on_bad_image: str = "sto
     if spec.role != "id" and spec.label_of and folders is not None:
         folders = [f for f in folders if f in spec.label_of]  # covariate sets: ID classes only
     if spec.registry in protocols.OOD_OVERLAP and spec.role == "ood":
-        folders = protocols.ood_classes(spec.registry, folders, id_classes(data_config)[0])
+        folders = protocols.ood_classes(spec.registry, folders, id_class_ids(data_config))
     label_of = {f: spec.label_of[f] for f in folders} if spec.label_of and folders is not None else None
     if spec.role == "id":
         sizes = (data_config.get("sizes") or {}).get(dataset) or {}
