@@ -145,7 +145,7 @@ def test_every_miniature_is_fetched_verified_and_validated(mini, fetched):
     assert records["textures"]["file"]["verified_with"] == mini.sha256("textures")
 
 
-def test_first_use_record_verifies_later_downloads(mini, fetched, tmp_path, monkeypatch):
+def test_first_use_record_verifies_later_downloads(mini, fetched, tmp_path, monkeypatch, capsys):
     root, _, _ = fetched
     downloads = tmp_path / "downloads"
     downloads.mkdir()
@@ -156,7 +156,16 @@ def test_first_use_record_verifies_later_downloads(mini, fetched, tmp_path, monk
         with pytest.raises(dl.ChecksumError, match=r"dataset 'imagenet_a' \(imagenet-a.tar\): checksum mismatch.*"
                                                    r"expected sha256 .* found .*Fix:"):
             real.fetch_dataset("imagenet_a", downloads, counts=mini.counts["imagenet_a"], **OPTIONS)
-    assert not dl.is_complete(real.dataset_target("imagenet_a", downloads))
+        assert not dl.is_complete(real.dataset_target("imagenet_a", downloads))
+        # A first use says so loudly, compared with the MD5 third-party loaders pin for the real file.
+        (downloads / real.LOCK_NAME).unlink()
+        real.fetch_dataset("inaturalist", downloads, archive=mini.archives["inaturalist"],
+                           counts=mini.counts["inaturalist"])
+    err = capsys.readouterr().err
+    assert (f"TRUST ON FIRST USE: inaturalist/iNaturalist.tar.gz has no published checksum; recorded "
+            f"{mini.sha256('inaturalist')}") in err
+    assert "DIFFERS FROM the MD5 5be6ea8aa027d7b631916427b32cb335" in err  # a miniature is not the real file
+    assert real.read_lock(downloads)["inaturalist/iNaturalist.tar.gz"]["digest"] == mini.sha256("inaturalist")
 
 
 def _config(mini, protocol, id_, covariate, ood, **extra):

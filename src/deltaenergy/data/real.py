@@ -221,16 +221,25 @@ def read_lock(root: str | os.PathLike | None = None) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def _record_first_use(root: Path, key: str, digest: str, url: str) -> None:
+def _record_first_use(root: Path, key: str, archive: Path, url: str, reference_md5: str | None) -> str:
+    """Record ``archive``'s SHA-256 under ``key`` in the lock, say so loudly, return the digest."""
+    digest = f"sha256:{dl.file_digest(archive)}"
+    reference = ""
+    if reference_md5:
+        md5 = dl.file_digest(archive, "md5")
+        reference = (f" Its MD5 {md5} {'matches' if md5 == reference_md5 else 'DIFFERS FROM'} the MD5 "
+                     f"{reference_md5} third-party loaders pin for it.")
     with _locked(root) as path:
         table = json.loads(path.read_text()) if path.exists() else {}
         table[key] = {"digest": digest, "url": url,
                       "recorded": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
         write_json(path, table)
     message = (f"TRUST ON FIRST USE: {key} has no published checksum; recorded {digest} (from {url}) in "
-               f"{path}. Later downloads are verified against it; keep or commit that file to pin the data.")
+               f"{path}. Later downloads are verified against it; keep or commit that file to pin the data."
+               f"{reference}")
     log.warning(message)
     print(f"\n*** {message} ***\n", file=sys.stderr)
+    return digest
 
 
 def _looks_like_html(path: Path) -> bool:
@@ -273,7 +282,7 @@ def fetch_dataset(name: str, root: str | os.PathLike | None = None, *, archive: 
         url = f"local archive {path}"
     else:
         path = root / "archives" / name / remote.name
-        url = dl.download(remote.urls, path, digest, what=what, **download_options) or "existing verified file"
+        url = dl.download(remote.urls, path, digest, what=what, **download_options) or f"existing file {path}"
     try:
         if _looks_like_html(path):
             raise dl.UnsafeArchiveError(f"{path} is an HTML page, not an archive (a quota, consent or "
@@ -287,9 +296,10 @@ def fetch_dataset(name: str, root: str | os.PathLike | None = None, *, archive: 
             f"{remote.name} in a browser from {remote.urls[0]} (or the homepage {entry.homepage}) and set "
             f"data.archives.{name} to it, or set data.roots.{name} to an extracted copy") from err
     found = validate_layout(name, target, counts, origin="download")
-    sha256 = f"sha256:{dl.file_digest(path)}"
     if digest is None:
-        _record_first_use(root, key, sha256, url)
+        sha256 = _record_first_use(root, key, path, url, entry.reference_md5)
+    else:
+        sha256 = f"sha256:{dl.file_digest(path)}"
     record = {"dataset": name, "path": str(target), "layout": entry.layout, "counts": found,
               "file": {"name": remote.name, "sha256": sha256, "verified_with": digest or "first use (recorded)",
                        "url": url, "mirrors": list(remote.urls)}, **entry.extra}
