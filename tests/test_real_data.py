@@ -250,6 +250,10 @@ def test_manifests_of_the_cross_dataset_benchmark(mini, fetched, monkeypatch, id
     kept = {Path(p).parent.name for p in caltech["path"]}
     assert kept == set(protocols.ood_classes("caltech101", list(miniatures.CALTECH), list(classes)))
     assert real.id_classes(cfg) == (list(classes), list(classes))
+    # Default labels (no class list): sorted class folders, the same in every domain.
+    every = real.real_manifest(id_, real.dataset_target(id_, root), "id")
+    assert len(every) == mini.counts[id_]["images"]
+    assert all(sorted(classes)[label] == Path(p).parent.name for p, label in zip(every["path"], every["label"]))
 
 
 @pytest.mark.parametrize("form", ["csv", "devkit"])

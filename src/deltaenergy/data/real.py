@@ -23,8 +23,10 @@ Conventions:
   (``ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt``: line i = ILSVRC2012_ID of image
   i; ``meta.mat`` next to it maps ILSVRC2012_ID to wnid).
 - Per-class pools: a class's images (sorted by path) are permuted by
-  ``numpy.random.default_rng([seed, crc32(dataset), crc32(folder)])``; the ID train split is the first
-  ``train_per_class``, val the next ``val_per_class``, and test the rest (ImageNet: test = its val folder).
+  ``numpy.random.default_rng([seed, crc32(dataset), crc32(key)])`` (key: the class folder, or
+  ``<domain>/<class>`` for PACS/VLCS, whose pools are per domain and class); the ID train split is the
+  first ``train_per_class``, val the next ``val_per_class``, and test the rest (ImageNet: test = its val
+  folder).
 """
 
 from __future__ import annotations
@@ -331,10 +333,11 @@ def dataset_folder(name: str, data_config: dict) -> Path:
 # --------------------------------------------------------------------------- manifests
 
 
-def _pool(paths: list[Path], per_class: tuple[int, int | None] | None, seed: int, dataset: str, folder: str):
+def _pool(paths: list[Path], per_class: tuple[int, int | None] | None, seed: int, dataset: str, key: str):
+    """The ``per_class`` slice of ``paths`` permuted by (seed, dataset, key), in path order."""
     if per_class is None:
         return paths
-    order = np.random.default_rng([int(seed), zlib.crc32(dataset.encode()), zlib.crc32(folder.encode())])
+    order = np.random.default_rng([int(seed), zlib.crc32(dataset.encode()), zlib.crc32(key.encode())])
     picked = order.permutation(len(paths))[per_class[0]:per_class[1]]
     return [paths[i] for i in sorted(picked)]
 
@@ -357,15 +360,15 @@ def real_manifest(name: str, folder: str | os.PathLike, role: str, classes: list
         raise ValueError(f"data.on_bad_image: {on_bad_image!r} is not one of {ON_BAD_IMAGE}")
     entry = REAL_DATASETS[name]
     folder, dataset = Path(folder), dataset or name
-    groups: list[tuple[str | None, list[Path]]] = []  # (class folder, its images)
+    groups: list[tuple[str, str | None, list[Path]]] = []  # (pool key, class folder, its images)
     if entry.layout == "image_tree":
-        groups = [(None, tree_images(folder))]
+        groups = [("", None, tree_images(folder))]
     elif entry.layout == "domains":
         for domain in domains or _subdirs(folder):
             for c in classes or _subdirs(folder / domain):
-                groups.append((c, image_files(folder / domain / c)))
+                groups.append((f"{domain}/{c}", c, image_files(folder / domain / c)))
     elif entry.layout == "class_folders":
-        groups = [(c, image_files(folder / c)) for c in classes or _subdirs(folder)]
+        groups = [(c, c, image_files(folder / c)) for c in classes or _subdirs(folder)]
     else:
         part = folder / ("val" if split == "test" else "train")
         kept = classes or _subdirs(folder / "train")
@@ -375,15 +378,15 @@ def real_manifest(name: str, folder: str | os.PathLike, role: str, classes: list
             for path in image_files(part):
                 if wnid_of.get(path.name) in by_class:
                     by_class[wnid_of[path.name]].append(path)
-            groups = list(by_class.items())
+            groups = [(c, c, paths) for c, paths in by_class.items()]
         else:
-            groups = [(c, image_files(part / c)) for c in kept]
+            groups = [(c, c, image_files(part / c)) for c in kept]
     if label_of is None:
-        label_of = {c: i for i, c in enumerate(classes or [g for g, _ in groups])}
+        label_of = {c: i for i, c in enumerate(classes or sorted({c for _, c, _ in groups if c is not None}))}
     rows, skipped = [], []
-    for group, paths in groups:
+    for key, group, paths in groups:
         label = OOD_LABEL if role == "ood" else label_of[group]
-        for path in _pool(paths, per_class, seed, dataset, group or ""):
+        for path in _pool(paths, per_class, seed, dataset, key):
             if load_image_or_skip(path, on_bad_image, skipped) is not None:
                 rows.append((str(path), label, split, dataset, role))
     if not rows:
