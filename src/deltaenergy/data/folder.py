@@ -23,9 +23,12 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 
 
 def image_files(folder: Path) -> list[Path]:
-    """The image files of ``folder`` (direct children, see the module docstring), sorted by name."""
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
+    """The image files of ``folder`` (direct children, see the module docstring), sorted by name. Uses
+    ``os.scandir`` (no stat per file where the file system reports types: ImageNet's 1.28M files)."""
+    with os.scandir(folder) as entries:
+        return sorted(Path(e.path) for e in entries
+                      if not e.name.startswith(".") and os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES
+                      and e.is_file())
 
 
 def folder_manifest(

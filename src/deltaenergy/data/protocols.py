@@ -65,11 +65,16 @@ def _lines(filename: str) -> list[str]:
     return (_HERE / filename).read_text().split()
 
 
+def imagenet_wnids() -> list[str]:
+    """The 1000 ImageNet-1k wnids in the standard (sorted) order, without importing open_clip."""
+    return _lines("imagenet_wnids.txt")
+
+
 @lru_cache(maxsize=1)
 def _imagenet_classes() -> tuple[tuple[str, ...], tuple[str, ...]]:
     from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
-    wnids = _lines("imagenet_wnids.txt")
+    wnids = imagenet_wnids()
     if len(wnids) != 1000 or len(IMAGENET_CLASSNAMES) != 1000:
         raise ValueError(f"ImageNet class lists: {len(wnids)} wnids, {len(IMAGENET_CLASSNAMES)} names; expected 1000")
     return tuple(wnids), tuple(IMAGENET_CLASSNAMES)
@@ -131,7 +136,7 @@ def cross_dataset(id_name: str, held_out: str) -> dict:
 def known_folders(name: str) -> list[str] | None:
     """The class folder names registry dataset ``name`` may hold (layout validation), or None if open."""
     if name in ("imagenet1k", "imagenet_sketch"):
-        return imagenet_classes()[0]
+        return imagenet_wnids()
     if name in ("imagenet_a", "imagenet_r"):
         return imagenet_a_r_wnids(name)
     if name == "imagenet_v2":

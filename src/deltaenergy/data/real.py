@@ -23,8 +23,10 @@ Conventions:
   (``ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt``: line i = ILSVRC2012_ID of image
   i; ``meta.mat`` next to it maps ILSVRC2012_ID to wnid).
 - Per-class pools: a class's images (sorted by path) are permuted by
-  ``numpy.random.default_rng([seed, crc32(dataset), crc32(folder)])``; the ID train split is the first
-  ``train_per_class``, val the next ``val_per_class``, and test the rest (ImageNet: test = its val folder).
+  ``numpy.random.default_rng([seed, crc32(dataset), crc32(key)])`` (key: the class folder, or
+  ``<domain>/<class>`` for PACS/VLCS, whose pools are per domain and class); the ID train split is the
+  first ``train_per_class``, val the next ``val_per_class``, and test the rest (ImageNet: test = its val
+  folder).
 """
 
 from __future__ import annotations
@@ -221,16 +223,25 @@ def read_lock(root: str | os.PathLike | None = None) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def _record_first_use(root: Path, key: str, digest: str, url: str) -> None:
+def _record_first_use(root: Path, key: str, archive: Path, url: str, reference_md5: str | None) -> str:
+    """Record ``archive``'s SHA-256 under ``key`` in the lock, say so loudly, return the digest."""
+    digest = f"sha256:{dl.file_digest(archive)}"
+    reference = ""
+    if reference_md5:
+        md5 = dl.file_digest(archive, "md5")
+        reference = (f" Its MD5 {md5} {'matches' if md5 == reference_md5 else 'DIFFERS FROM'} the MD5 "
+                     f"{reference_md5} third-party loaders pin for it.")
     with _locked(root) as path:
         table = json.loads(path.read_text()) if path.exists() else {}
         table[key] = {"digest": digest, "url": url,
                       "recorded": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
         write_json(path, table)
     message = (f"TRUST ON FIRST USE: {key} has no published checksum; recorded {digest} (from {url}) in "
-               f"{path}. Later downloads are verified against it; keep or commit that file to pin the data.")
+               f"{path}. Later downloads are verified against it; keep or commit that file to pin the data."
+               f"{reference}")
     log.warning(message)
     print(f"\n*** {message} ***\n", file=sys.stderr)
+    return digest
 
 
 def _looks_like_html(path: Path) -> bool:
@@ -273,7 +284,7 @@ def fetch_dataset(name: str, root: str | os.PathLike | None = None, *, archive: 
         url = f"local archive {path}"
     else:
         path = root / "archives" / name / remote.name
-        url = dl.download(remote.urls, path, digest, what=what, **download_options) or "existing verified file"
+        url = dl.download(remote.urls, path, digest, what=what, **download_options) or f"existing file {path}"
     try:
         if _looks_like_html(path):
             raise dl.UnsafeArchiveError(f"{path} is an HTML page, not an archive (a quota, consent or "
@@ -287,9 +298,10 @@ def fetch_dataset(name: str, root: str | os.PathLike | None = None, *, archive: 
             f"{remote.name} in a browser from {remote.urls[0]} (or the homepage {entry.homepage}) and set "
             f"data.archives.{name} to it, or set data.roots.{name} to an extracted copy") from err
     found = validate_layout(name, target, counts, origin="download")
-    sha256 = f"sha256:{dl.file_digest(path)}"
     if digest is None:
-        _record_first_use(root, key, sha256, url)
+        sha256 = _record_first_use(root, key, path, url, entry.reference_md5)
+    else:
+        sha256 = f"sha256:{dl.file_digest(path)}"
     record = {"dataset": name, "path": str(target), "layout": entry.layout, "counts": found,
               "file": {"name": remote.name, "sha256": sha256, "verified_with": digest or "first use (recorded)",
                        "url": url, "mirrors": list(remote.urls)}, **entry.extra}
@@ -321,10 +333,11 @@ def dataset_folder(name: str, data_config: dict) -> Path:
 # --------------------------------------------------------------------------- manifests
 
 
-def _pool(paths: list[Path], per_class: tuple[int, int | None] | None, seed: int, dataset: str, folder: str):
+def _pool(paths: list[Path], per_class: tuple[int, int | None] | None, seed: int, dataset: str, key: str):
+    """The ``per_class`` slice of ``paths`` permuted by (seed, dataset, key), in path order."""
     if per_class is None:
         return paths
-    order = np.random.default_rng([int(seed), zlib.crc32(dataset.encode()), zlib.crc32(folder.encode())])
+    order = np.random.default_rng([int(seed), zlib.crc32(dataset.encode()), zlib.crc32(key.encode())])
     picked = order.permutation(len(paths))[per_class[0]:per_class[1]]
     return [paths[i] for i in sorted(picked)]
 
@@ -347,15 +360,15 @@ def real_manifest(name: str, folder: str | os.PathLike, role: str, classes: list
         raise ValueError(f"data.on_bad_image: {on_bad_image!r} is not one of {ON_BAD_IMAGE}")
     entry = REAL_DATASETS[name]
     folder, dataset = Path(folder), dataset or name
-    groups: list[tuple[str | None, list[Path]]] = []  # (class folder, its images)
+    groups: list[tuple[str, str | None, list[Path]]] = []  # (pool key, class folder, its images)
     if entry.layout == "image_tree":
-        groups = [(None, tree_images(folder))]
+        groups = [("", None, tree_images(folder))]
     elif entry.layout == "domains":
         for domain in domains or _subdirs(folder):
             for c in classes or _subdirs(folder / domain):
-                groups.append((c, image_files(folder / domain / c)))
+                groups.append((f"{domain}/{c}", c, image_files(folder / domain / c)))
     elif entry.layout == "class_folders":
-        groups = [(c, image_files(folder / c)) for c in classes or _subdirs(folder)]
+        groups = [(c, c, image_files(folder / c)) for c in classes or _subdirs(folder)]
     else:
         part = folder / ("val" if split == "test" else "train")
         kept = classes or _subdirs(folder / "train")
@@ -365,15 +378,15 @@ def real_manifest(name: str, folder: str | os.PathLike, role: str, classes: list
             for path in image_files(part):
                 if wnid_of.get(path.name) in by_class:
                     by_class[wnid_of[path.name]].append(path)
-            groups = list(by_class.items())
+            groups = [(c, c, paths) for c, paths in by_class.items()]
         else:
-            groups = [(c, image_files(part / c)) for c in kept]
+            groups = [(c, c, image_files(part / c)) for c in kept]
     if label_of is None:
-        label_of = {c: i for i, c in enumerate(classes or [g for g, _ in groups])}
+        label_of = {c: i for i, c in enumerate(classes or sorted({c for _, c, _ in groups if c is not None}))}
     rows, skipped = [], []
-    for group, paths in groups:
+    for key, group, paths in groups:
         label = OOD_LABEL if role == "ood" else label_of[group]
-        for path in _pool(paths, per_class, seed, dataset, group or ""):
+        for path in _pool(paths, per_class, seed, dataset, key):
             if load_image_or_skip(path, on_bad_image, skipped) is not None:
                 rows.append((str(path), label, split, dataset, role))
     if not rows:
@@ -415,18 +428,25 @@ def _protocol(data_config: dict) -> dict:
 def id_classes(data_config: dict) -> tuple[list[str], list[str]]:
     """(ids, names) of the ID classes in label order: ImageNet wnids and open_clip names, or PACS/VLCS
     folder names (names with '_' as spaces)."""
-    protocol = _protocol(data_config)
+    ids = id_class_ids(data_config)
+    if _protocol(data_config)["name"] == "cross_dataset":
+        return ids, [c.replace("_", " ") for c in ids]
     wnids, names = protocols.imagenet_classes()
+    index = {w: i for i, w in enumerate(wnids)}
+    return ids, [names[index[w]] for w in ids]
+
+
+def id_class_ids(data_config: dict) -> list[str]:
+    """The ids of :func:`id_classes` without loading the class names (no open_clip import)."""
+    protocol = _protocol(data_config)
+    if protocol["name"] == "cross_dataset":
+        return protocols.cross_dataset(data_config["id"], protocol["held_out"])["classes"]
+    wnids = protocols.imagenet_wnids()
     if protocol["name"] == "imagenet1k":
-        return wnids, names
+        return wnids
     if protocol["name"] == "hard_split":
-        chosen, _ = protocols.hard_split(protocol.get("seed", 0), protocol.get("fraction", 0.4))
-        return [wnids[i] for i in chosen], [names[i] for i in chosen]
-    if protocol["name"] == "imagenet10_20":
-        ten, _ = protocols.imagenet10_20()
-        return ten, [names[wnids.index(w)] for w in ten]
-    classes = protocols.cross_dataset(data_config["id"], protocol["held_out"])["classes"]
-    return classes, [c.replace("_", " ") for c in classes]
+        return [wnids[i] for i in protocols.hard_split(protocol.get("seed", 0), protocol.get("fraction", 0.4))[0]]
+    return protocols.imagenet10_20()[0]
 
 
 def dataset_spec(dataset: str, data_config: dict) -> DatasetSpec:
@@ -435,11 +455,11 @@ def dataset_spec(dataset: str, data_config: dict) -> DatasetSpec:
     ``imagenet1k_open`` (hard_split: val images of the OOD classes) and ``<pacs|vlcs>_<domain>`` (the
     held-out domain). Covariate ImageNet sets keep only folders of ID classes."""
     protocol = _protocol(data_config)
-    ids, _ = id_classes(data_config)
+    ids = id_class_ids(data_config)
     label = {c: i for i, c in enumerate(ids)}
     role = ("id" if dataset == data_config.get("id") else
             "covariate" if dataset in (data_config.get("covariate") or ()) else "ood")
-    wnids, _ = protocols.imagenet_classes()
+    wnids = protocols.imagenet_wnids()
     if protocol["name"] == "cross_dataset":
         setup = protocols.cross_dataset(data_config["id"], protocol["held_out"])
         if dataset == data_config["id"]:
@@ -490,7 +510,7 @@ def build_real_dataset(dataset: str, data_config: dict, on_bad_image: str = "sto
     if spec.role != "id" and spec.label_of and folders is not None:
         folders = [f for f in folders if f in spec.label_of]  # covariate sets: ID classes only
     if spec.registry in protocols.OOD_OVERLAP and spec.role == "ood":
-        folders = protocols.ood_classes(spec.registry, folders, id_classes(data_config)[0])
+        folders = protocols.ood_classes(spec.registry, folders, id_class_ids(data_config))
     label_of = {f: spec.label_of[f] for f in folders} if spec.label_of and folders is not None else None
     if spec.role == "id":
         sizes = (data_config.get("sizes") or {}).get(dataset) or {}

@@ -8,6 +8,9 @@ Conventions:
   published), or ``None`` where none is published: then the first download records its SHA-256 in
   ``<downloads>/checksums.lock`` (trust on first use, printed loudly) and every later download is
   verified against that record (:mod:`deltaenergy.data.real`). Manual datasets have no files.
+- ``reference_md5``: for a file without a published digest, an MD5 that third-party loaders pin for it
+  (one source, not the publisher): the first download is compared with it and the result printed with
+  the trust-on-first-use record; a difference is reported, not fatal.
 - ``member``: the folder inside the archive that becomes the dataset folder (``None`` = the archive root).
 - ``layout``: one of :data:`LAYOUTS`; ``counts`` the exact numbers a complete copy has (keys per layout
   in :data:`LAYOUTS`). A config's ``data.counts.<name>`` replaces them (miniature tests; a re-released
@@ -59,6 +62,7 @@ class RealDataset:
     counts: dict
     manual: bool = False
     notes: str = ""
+    reference_md5: str | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -73,6 +77,8 @@ def _drive(file_id: str, name: str, digest: str | None) -> RemoteFile:
 
 
 _MOS = "http://pages.cs.wisc.edu/~huangrui/imagenet_ood_dataset/"
+# reference_md5 of the MOS archives: as a third-party torchvision-style loader (MOSSUN, MOSPlaces365,
+# MOSiNaturalist classes) pins them.
 _MOS_NOTE = ("The 10,000-image subset of Huang & Li (MOS, CVPR 2021) with classes overlapping ImageNet-1k "
              "removed; MOS publishes no checksum. Its folder holds one sub-folder of images.")
 _MOS_LICENCE = ("No licence stated by the MOS authors; the images keep the terms of their source dataset "
@@ -96,20 +102,23 @@ REAL_DATASETS: dict[str, RealDataset] = {
             _MOS_LICENCE.format("iNaturalist 2017: images under their photographers' licences"),
             (RemoteFile("iNaturalist.tar.gz", (_MOS + "iNaturalist.tar.gz",), None),),
             "iNaturalist", "image_tree", {"images": 10_000}, notes=_MOS_NOTE,
+            reference_md5="5be6ea8aa027d7b631916427b32cb335",
         ),
         RealDataset(
             "sun", "SUN (MOS OOD subset)", "https://github.com/deeplearning-wisc/large_scale_ood",
             _MOS_LICENCE.format("SUN database: research use"),
             (RemoteFile("SUN.tar.gz", (_MOS + "SUN.tar.gz",), None),),
             "SUN", "image_tree", {"images": 10_000}, notes=_MOS_NOTE,
+            reference_md5="8469c3ada62211477954ec1be53b12d0",
         ),
         RealDataset(
             "places", "Places (MOS OOD subset)", "https://github.com/deeplearning-wisc/large_scale_ood",
             _MOS_LICENCE.format("Places365: non-commercial research and education"),
             (RemoteFile("Places.tar.gz", (_MOS + "Places.tar.gz",), None),),
             "Places", "image_tree", {"images": 10_000}, notes=_MOS_NOTE,
+            reference_md5="b5cb5eba2754ae2a28beea8718db699a",
         ),
-        # MD5 published by the authors' page (and torchvision's DTD.resources).
+        # MD5 as torchvision's DTD pins it for this URL.
         RealDataset(
             "textures", "Describable Textures Dataset (DTD) r1.0.1", "https://www.robots.ox.ac.uk/~vgg/data/dtd/",
             "Made available by its authors for research purposes (see the homepage).",
@@ -153,7 +162,8 @@ REAL_DATASETS: dict[str, RealDataset] = {
             "imagenet-r", "class_folders", {"classes": 200, "images": 30_000},
             notes="200 of the 1000 ImageNet classes (wnid folders); evaluated 200-way and 1000-way.",
         ),
-        # CoOp's DATASETS.md link; MD5 as torchvision's Caltech101 pins for this file. The authors now publish
+        # CoOp's DATASETS.md link, then torchvision's Google Drive copy; MD5 as torchvision's Caltech101 pins it
+        # for both. The authors now publish
         # it inside caltech-101.zip (https://data.caltech.edu/records/mzrjq-6wc02): bring that inner tar.gz
         # as data.archives.caltech101 if the old link is down. 9,144 images = CoOp's 8,242 split images +
         # Faces_easy (435) + BACKGROUND_Google (467).
@@ -161,12 +171,13 @@ REAL_DATASETS: dict[str, RealDataset] = {
             "caltech101", "Caltech-101", "https://data.caltech.edu/records/mzrjq-6wc02",
             "CC BY 4.0 (Caltech data record).",
             (RemoteFile("101_ObjectCategories.tar.gz",
-                        ("http://www.vision.caltech.edu/Image_Datasets/Caltech101/101_ObjectCategories.tar.gz",),
+                        ("http://www.vision.caltech.edu/Image_Datasets/Caltech101/101_ObjectCategories.tar.gz",
+                         *_drive_urls("137RyRjvTBkBiIfeYBNZBtViDHQ6_Ewsp")),
                         "md5:b224c7392d521a49829488ab0f1120d9"),),
             "101_ObjectCategories", "class_folders", {"classes": 102, "images": 9_144},
             notes="102 folders: 101 categories + BACKGROUND_Google (never used as a class).",
         ),
-        # MD5 published by the authors (and torchvision's Food101).
+        # MD5 as torchvision's Food101 pins it for this URL.
         RealDataset(
             "food101", "Food-101", "https://data.vision.ee.ethz.ch/cvl/datasets_extra/food-101/",
             "Images from foodspotting.com under their terms (fair use); research use (see the homepage).",
@@ -182,14 +193,14 @@ REAL_DATASETS: dict[str, RealDataset] = {
             "kfold", "domains", {"domains": 4, "classes": 7, "images": 9_991},
             notes="Domains art_painting, cartoon, photo, sketch (sketch images are PNG).",
         ),
-        # DomainBed's scripts/download.py: Drive file 1skwblH1... (VLCS.tar.gz). MD5 as pinned by third-party
-        # DomainBed loaders for this file (no publisher checksum).
+        # DomainBed's scripts/download.py: Drive file 1skwblH1... (VLCS.tar.gz). No publisher checksum; third-party
+        # DomainBed loaders pin the MD5 below (reference only).
         RealDataset(
             "vlcs", "VLCS", "https://github.com/facebookresearch/DomainBed",
             "Research use; images keep the terms of PASCAL VOC 2007, LabelMe, Caltech-101 and SUN09.",
-            (_drive("1skwblH1_okBwxWxmRsp9_qi15hyPpxg8", "VLCS.tar.gz", "md5:8870171eba660927d9668f4e515928e4"),),
+            (_drive("1skwblH1_okBwxWxmRsp9_qi15hyPpxg8", "VLCS.tar.gz", None),),
             "VLCS", "domains", {"domains": 4, "classes": 5, "images": 10_729},
-            notes="Domains Caltech101, LabelMe, SUN09, VOC2007.",
+            notes="Domains Caltech101, LabelMe, SUN09, VOC2007.", reference_md5="8870171eba660927d9668f4e515928e4",
         ),
         RealDataset(
             "ssb_hard", "SSB-hard (OpenOOD v1.5 near-OOD)", "https://github.com/Jingkang50/OpenOOD",
