@@ -32,9 +32,10 @@ from deltaenergy.evaluate import metrics_tables, score_table
 from deltaenergy.provenance import sha256_file
 
 TINY = ROOT / "tests" / "fixtures" / "openclip" / "tiny-vit.json"
-# The studies each test runs (the rest of a config is listed by snakemake -n, not run).
-RUN_STUDIES = {"imagenet1k": None, "hard_ood": ["split40_all", "imagenet10_20_all"],
-               "cross_dataset": ["pacs_sketch_all", "vlcs_VOC2007_all"]}
+# The studies each test runs (the whole config is listed by snakemake -n; running every study would
+# multiply the ~5 CPU-min a study takes here): the 40/60 split and one leave-one-domain-out study. The
+# ImageNet-10/20 and VLCS manifests are checked by tests/test_real_data.py.
+RUN_STUDIES = {"imagenet1k": None, "hard_ood": ["split40_all"], "cross_dataset": ["pacs_sketch_all"]}
 
 
 # --------------------------------------------------------------------------- class subsets (unit)
@@ -132,10 +133,12 @@ def _overlay(path, mini, checkpoint, config: dict) -> None:
         "data": {**mini.data_config(), "sizes": sizes},
         "fewshot": {"shots": [1], "seeds": [1]},
         "features": {"batch_size": 64},
+        "prompt": {"n_ctx": 4},  # shorter prompts: CoCoOp encodes K of them per image
         "train": {"epochs": 1},
         "methods": {"cocoop": {"train": {"epochs": 1}}},
         "neglabel": {"max_candidates": 200},
-        "diagnostics": {"shots": None, "hessian": {"n_probes": 2, "n_bootstrap": 20, "max_samples": 8}},
+        "diagnostics": {"shots": None, "hessian": {"methods": ["coop"], "n_probes": 2, "n_bootstrap": 20,
+                                                   "max_samples": 8}},
         "ablations": {"c_sweep": {"c": [1, 2]}},
     }
     if config.get("studies"):  # a study's own data.sizes would otherwise replace the overlay's
@@ -147,7 +150,7 @@ def _snakemake(workdir, configs, override, *extra) -> subprocess.CompletedProces
     env = {**os.environ, SOURCES_OVERRIDE_ENV: str(override)}
     workdir.mkdir(parents=True, exist_ok=True)
     return subprocess.run([*SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--configfile", *map(str, configs),
-                           "--cores", "2", *extra], cwd=workdir, capture_output=True, text=True, env=env, timeout=1200)
+                           "--cores", "2", *extra], cwd=workdir, capture_output=True, text=True, env=env, timeout=2400)
 
 
 def _job_counts(stdout: str) -> dict[str, int]:
@@ -157,19 +160,21 @@ def _job_counts(stdout: str) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def runs(served, tiny_checkpoint, tmp_path_factory):
-    """{config: (results folder, dry-run job counts of the whole config)}, each run on the miniatures."""
+    """{config: (results folder, dry-run job counts of the whole config)}, each run on the miniatures in one
+    working folder (the downloads are shared, as in a real checkout); every dry run comes first."""
     mini, override = served
-    out = {}
-    for name, targets in RUN_STUDIES.items():
-        tmp = tmp_path_factory.mktemp(name)
-        overlay = tmp / "overlay.yaml"
+    tmp = tmp_path_factory.mktemp("real")
+    configs, out = {}, {}
+    for name in RUN_STUDIES:
+        overlay = tmp / f"{name}-overlay.yaml"
         _overlay(overlay, mini, tiny_checkpoint, _config(name))
-        configs = [ROOT / "config" / f"{name}.yaml", overlay]
-        dry = _snakemake(tmp / "work", configs, override, "-n")
+        configs[name] = [ROOT / "config" / f"{name}.yaml", overlay]
+        dry = _snakemake(tmp / "work", configs[name], override, "-n")
         assert dry.returncode == 0, dry.stderr[-4000:]
-        proc = _snakemake(tmp / "work", configs, override, *(targets or []))
-        assert proc.returncode == 0, proc.stderr[-6000:]
         out[name] = (tmp / "work" / "results" / name, _job_counts(dry.stdout))
+    for name, targets in RUN_STUDIES.items():
+        proc = _snakemake(tmp / "work", configs[name], override, *(targets or []))
+        assert proc.returncode == 0, proc.stderr[-6000:]
     return out
 
 
@@ -227,6 +232,7 @@ def test_imagenet1k_config_end_to_end(runs, served):
 def test_hard_ood_config_end_to_end(runs):
     res, jobs = runs["hard_ood"]
     assert {k for k in jobs if k.endswith("_index")} == {"split40_index", "imagenet10_20_index"}
+    assert jobs["split40_fetch_dataset"] == 4 and "imagenet10_20_fetch_dataset" not in jobs  # shared downloads
     id_index, ood_index = protocols.hard_split(1, 0.4)
     det, acc, folder = _read(res, "split40")
     _check_outputs(folder, det, acc, ["imagenet1k_open"], ["imagenet_v2", "imagenet_sketch", "imagenet_a",
@@ -242,18 +248,13 @@ def test_hard_ood_config_end_to_end(runs):
     open_set = pd.read_csv(folder / "manifests" / "imagenet1k_open.csv")
     assert (open_set["label"] == -1).all() and open_set["path"].str.split("/").str[-2].isin(
         [wnids[i] for i in ood_index]).all()
-    det, acc, folder = _read(res, "imagenet10_20")
-    _check_outputs(folder, det, acc, ["imagenet20"], [], "imagenet10")
-    ten, twenty = protocols.imagenet10_20()
-    assert json.loads((folder / "manifests" / "classes.json").read_text())["ids"] == ten
-    assert set(pd.read_csv(folder / "manifests" / "imagenet20.csv")["path"].str.split("/").str[-2]) == set(twenty)
 
 
 @pytest.mark.workflow
 def test_cross_dataset_config_end_to_end(runs):
     res, jobs = runs["cross_dataset"]
     assert sum(k.endswith("_index") for k in jobs) == 8 and jobs["pacs_art_painting_fetch_dataset"] == 5
-    for study, dataset, held_out in [("pacs_sketch", "pacs", "sketch"), ("vlcs_VOC2007", "vlcs", "VOC2007")]:
+    for study, dataset, held_out in [("pacs_sketch", "pacs", "sketch")]:
         det, acc, folder = _read(res, study)
         _check_outputs(folder, det, acc, ["caltech101", "textures", "food101"], [f"{dataset}_{held_out}"], dataset)
         domains, classes = protocols.DOMAINS[dataset]
