@@ -31,7 +31,7 @@ config.clear()
 config.update(_validated)
 
 # One study of a config holding several (studies.smk) files its outputs under results/<benchmark>/<study>/.
-R = "/".join(["results", config["benchmark"], *([config["study"]] if "study" in config else [])])
+R = Path("results", config["benchmark"], *([config["study"]] if "study" in config else [])).as_posix()
 BACKBONE = config["backbone"]["name"]
 ID_DATASET = config["data"]["id"]
 # The prompts' class names in label order: the demo's static list, or the registry protocol's ID classes.

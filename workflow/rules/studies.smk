@@ -1,6 +1,6 @@
 # A config holding several studies (hard_ood: two protocols; cross_dataset: dataset x held-out domain):
 # each study is the whole workflow as a Snakemake module of the same Snakefile, with its validated config
-# (the top-level keys, its `studies` entry replacing them) and its own results/<benchmark>/<study>/.
+# (the top-level keys with its `studies` entry merged in) and its own results/<benchmark>/<study>/.
 # Rules are named <study>_<rule>; `snakemake <study>_all` runs one study. Downloads (fetch_*) write files
 # shared by all studies (resources/): only the first study's module declares those rules, so each file has
 # one producer.
@@ -20,8 +20,7 @@ for STUDY, STUDY_CONFIG in STUDY_CONFIGS.items():
     STUDY_RULES = f"{STUDY}_"
 
     module:
-        name:
-            STUDY
+        name: STUDY
         snakefile:
             "../../Snakefile"
         config:
