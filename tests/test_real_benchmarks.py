@@ -68,6 +68,7 @@ def test_class_subset_prediction_and_accuracy_rows_match_numpy():
     assert got["imagenet_a@all"] == pytest.approx(np.mean(sims.argmax(1) == labels))
     assert got["imagenet_v2"] == got["imagenet_a@all"]
     assert list(acc.columns) == ["method", "shots", "seed", "dataset", "role", "acc"]
+    assert dict(zip(acc["dataset"], acc["role"]))["imagenet_a@all"] == "covariate_all"
 
 
 # --------------------------------------------------------------------------- configs

@@ -8,7 +8,8 @@ splits; the metrics use ``test`` only (``val`` is kept for model selection).
 A dataset whose images can only have some of the ID labels (its manifest sidecar's ``class_subset``, e.g.
 ImageNet-A/R's 200 of the 1000 ImageNet classes) also gets ``pred_subset``: the argmax over those classes
 only (an ID label index). Its accuracy rows are then ``<dataset>`` (classified among its subset, the
-standard protocol) and ``<dataset>@all`` (among all ID classes).
+standard protocol) and ``<dataset>@all`` with role ``covariate_all`` (among all ID classes), so that
+averages over the ``covariate`` rows count each set once.
 """
 
 from __future__ import annotations
@@ -103,11 +104,11 @@ def metrics_tables(scores: pd.DataFrame, score_columns: list[str]) -> tuple[pd.D
         for dataset, part in run[run["role"] != "ood"].groupby("dataset", sort=True):
             part = part[part["split"] == "test"] if part["role"].iloc[0] == "id" else part
             labels, role = part["label"].to_numpy(), part["role"].iloc[0]
-            preds = {dataset: part["pred"]}
+            preds = {(dataset, role): part["pred"]}
             if "pred_subset" in part and part["pred_subset"].notna().all():
-                preds = {dataset: part["pred_subset"], f"{dataset}@all": part["pred"]}
-            for name, pred in preds.items():
-                acc.append({"method": method, "shots": shots, "seed": seed, "dataset": name, "role": role,
+                preds = {(dataset, role): part["pred_subset"], (f"{dataset}@all", f"{role}_all"): part["pred"]}
+            for (name, name_role), pred in preds.items():
+                acc.append({"method": method, "shots": shots, "seed": seed, "dataset": name, "role": name_role,
                             "acc": accuracy(labels, pred.to_numpy().astype(np.int64))})
         for dataset, ood in run[run["role"] == "ood"].groupby("dataset", sort=True):
             for column in score_columns:
