@@ -24,7 +24,7 @@ import yaml
 
 import miniatures
 from conftest import ROOT, SNAKEMAKE
-from deltaenergy.config import study_configs, validate_config
+from deltaenergy.config import ConfigError, study_configs, validate_config
 from deltaenergy.data import protocols
 from deltaenergy.data.classes import id_class_names
 from deltaenergy.data.sources import SOURCES_OVERRIDE_ENV
@@ -98,6 +98,21 @@ def test_real_configs_describe_the_paper_protocols():
     assert set(pacs.values()) == {(7, (16,))} and set(vlcs.values()) == {(5, (16,))}
     assert {s.removeprefix("pacs_") for s in pacs} == set(protocols.PACS_DOMAINS)
     assert {s.removeprefix("vlcs_") for s in vlcs} == set(protocols.VLCS_DOMAINS)
+
+
+def test_config_errors_name_the_study_and_key():
+    hard = _config("hard_ood")
+    hard["studies"]["split40"]["methods"]["locoop"]["top_k"] = 400
+    with pytest.raises(ConfigError, match=r"study 'split40'.*'methods\.locoop\.top_k': 400 must be below .* \(400\)"):
+        study_configs(hard)
+    main = _config("imagenet1k")
+    with pytest.raises(ConfigError, match=r"data\.sizes\.imagenet1k\.train_per_class = 8"):
+        validate_config({**main, "data": {**main["data"], "sizes": {"imagenet1k": {"train_per_class": 8}}}})
+    demo = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    with pytest.raises(ConfigError, match=r"'data\.protocol': only with data\.kind: registry"):
+        validate_config({**demo, "data": {**demo["data"], "protocol": {"name": "imagenet1k"}}})
+    with pytest.raises(ConfigError, match=r"'data'.*'protocol' is a required property"):
+        validate_config({**main, "data": {k: v for k, v in main["data"].items() if k != "protocol"}})
 
 
 # --------------------------------------------------------------------------- end to end on miniatures

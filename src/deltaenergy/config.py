@@ -36,8 +36,6 @@ def _fill_defaults(schema: dict, value: Any) -> None:
     if not isinstance(value, dict):
         return
     for name, sub in schema.get("properties", {}).items():
-        if not isinstance(sub, dict):  # a `false` schema forbids the key: nothing to fill
-            continue
         if name not in value and "default" in sub:
             value[name] = copy.deepcopy(sub["default"])
         if name in value:
@@ -72,11 +70,18 @@ def check_method_train(config: dict, schema: dict) -> None:
                              prefix=("methods", name, "train"))
 
 
+def _message(error: jsonschema.ValidationError) -> str:
+    """The schema's description for a key forbidden by ``not: {}`` (whose own message says nothing useful)."""
+    if error.validator == "not" and error.validator_value == {}:
+        return error.schema.get("description", "not allowed here")
+    return error.message
+
+
 def _raise_schema_errors(errors, prefix: tuple = ()) -> None:
     """Raise one :class:`ConfigError` listing every schema error by its dotted key (under ``prefix``)."""
     errors = sorted(errors, key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
     if errors:
-        lines = [f"config key '{_key((*prefix, *e.absolute_path))}': {e.message}" for e in errors]
+        lines = [f"config key '{_key((*prefix, *e.absolute_path))}': {_message(e)}" for e in errors]
         raise ConfigError("invalid config (fix these keys, see config/schema.yaml):\n  " + "\n  ".join(lines))
 
 
