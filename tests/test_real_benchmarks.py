@@ -153,8 +153,10 @@ def _overlay(path, mini, checkpoint, config: dict) -> None:
         "train": {"epochs": 1},
         "methods": {"cocoop": {"train": {"epochs": 1}}},
         "neglabel": {"max_candidates": 200},
+        # Hutchinson with 2 probes (the small model's 4 x 64 context would otherwise take the exact Hessian: 256
+        # Hessian-vector products over all ImageNet classes).
         "diagnostics": {"shots": None, "hessian": {"methods": ["coop"], "n_probes": 2, "n_bootstrap": 20,
-                                                   "max_samples": 8}},
+                                                   "max_samples": 8, "max_exact_params": 0}},
         "ablations": {"c_sweep": {"c": [1, 2]}},
     }
     if config.get("studies"):  # a study's own data.sizes would otherwise replace the overlay's
