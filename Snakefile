@@ -12,17 +12,24 @@ if not workflow.config_settings.configfiles:
     configfile: f"{workflow.basedir}/config/config.yaml"
 
 
-include: "workflow/rules/common.smk"
-include: "workflow/rules/data.smk"
-include: "workflow/rules/features.smk"
-include: "workflow/rules/train.smk"
-include: "workflow/rules/scores.smk"
-include: "workflow/rules/diagnostics.smk"
-include: "workflow/rules/reports.smk"
+# A config holding several studies (`studies:`) runs each as a module of this Snakefile with its own config
+# and results/<benchmark>/<study>/ (workflow/rules/studies.smk); otherwise this is one study.
+if "studies" in config:
+
+    include: "workflow/rules/studies.smk"
+
+else:
+
+    include: "workflow/rules/common.smk"
+    include: "workflow/rules/data.smk"
+    include: "workflow/rules/features.smk"
+    include: "workflow/rules/train.smk"
+    include: "workflow/rules/scores.smk"
+    include: "workflow/rules/diagnostics.smk"
+    include: "workflow/rules/reports.smk"
 
 
 rule all:
     input:
-        f"{R}/reports/index.html",
-        expand(f"{R}/reports/{{report}}.html", report=DIAGNOSTIC_REPORTS),
+        TARGETS,
     default_target: True

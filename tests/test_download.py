@@ -105,11 +105,19 @@ def test_existing_target_is_verified_not_downloaded(server, tmp_path):
     assert server.requests == []
 
 
-def test_only_sha256_digests_are_accepted(server, tmp_path):
-    md5 = "md5:" + hashlib.md5(PAYLOAD).hexdigest()
+def test_digest_algorithms(server, tmp_path):
+    """sha256, or md5 where a source publishes only that; another algorithm is refused before any request;
+    None (no published digest: the caller records one on first use) downloads without verifying."""
+    sha1 = "sha1:" + hashlib.sha1(PAYLOAD).hexdigest()
     with pytest.raises(ValueError, match="sha256:<hex>"):
-        dl.download(server.url("/a.bin"), tmp_path / "d.bin", md5, what="t", **FAST)
+        dl.download(server.url("/a.bin"), tmp_path / "d.bin", sha1, what="t", **FAST)
     assert server.requests == [] and not (tmp_path / "d.bin").exists()
+    md5 = "md5:" + hashlib.md5(PAYLOAD).hexdigest()
+    assert dl.download(server.url("/a.bin"), tmp_path / "d.bin", md5, what="t", **FAST) == server.url("/a.bin")
+    with pytest.raises(dl.ChecksumError, match=f"expected md5 {'0' * 32}, found {md5[4:]}"):
+        dl.verify(tmp_path / "d.bin", "md5:" + "0" * 32, "t")
+    assert dl.download(server.url("/a.bin"), tmp_path / "e.bin", None, what="t", **FAST) == server.url("/a.bin")
+    assert (tmp_path / "e.bin").read_bytes() == PAYLOAD
 
 
 # --------------------------------------------------------------------------- archives

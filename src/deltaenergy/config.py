@@ -70,25 +70,37 @@ def check_method_train(config: dict, schema: dict) -> None:
                              prefix=("methods", name, "train"))
 
 
+def _message(error: jsonschema.ValidationError) -> str:
+    """The schema's description for a key forbidden by ``not: {}`` (whose own message says nothing useful)."""
+    if error.validator == "not" and error.validator_value == {}:
+        return error.schema.get("description", "not allowed here")
+    return error.message
+
+
 def _raise_schema_errors(errors, prefix: tuple = ()) -> None:
     """Raise one :class:`ConfigError` listing every schema error by its dotted key (under ``prefix``)."""
     errors = sorted(errors, key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
     if errors:
-        lines = [f"config key '{_key((*prefix, *e.absolute_path))}': {e.message}" for e in errors]
+        lines = [f"config key '{_key((*prefix, *e.absolute_path))}': {_message(e)}" for e in errors]
         raise ConfigError("invalid config (fix these keys, see config/schema.yaml):\n  " + "\n  ".join(lines))
 
 
 def check_consistency(config: dict) -> None:
     """Cross-key checks the schema cannot express (kept free of torch imports: Snakemake runs this)."""
-    from .data.classes import ID_CLASSES
+    from .data.classes import id_class_names
 
-    n_classes = len(ID_CLASSES[config["data"]["id"]])
-    pool = config["data"]["sizes"]["fashion_mnist"]["train_per_class"]
+    n_classes = len(id_class_names(config["data"]))
+    data = config["data"]
+    pool_key = f"data.sizes.{data['id']}.train_per_class"
+    if data["kind"] == "demo":
+        pool = data["sizes"][data["id"]]["train_per_class"]
+    else:  # the registry's default pool (deltaenergy.data.real.build_real_dataset) unless data.sizes sets one
+        pool = data["sizes"].get(data["id"], {}).get("train_per_class", 16)
     too_many = [s for s in config["fewshot"]["shots"] if s > pool]
     if too_many:
         raise ConfigError(
             f"config key 'fewshot.shots': {too_many} exceed the per-class training pool "
-            f"(data.sizes.fashion_mnist.train_per_class = {pool}); lower the shots or raise the pool"
+            f"({pool_key} = {pool}); lower the shots or raise the pool"
         )
     for name, spec in config["methods"].items():
         if spec["kind"] == "locoop" and not spec["top_k"] < n_classes:
@@ -102,7 +114,7 @@ def check_consistency(config: dict) -> None:
                 f"config key 'scores.{column}.c': c = {spec['c']} must be between 1 and the number "
                 f"of ID classes ({n_classes})"
             )
-    check_diagnostics(config)
+    check_diagnostics(config, n_classes)
 
 
 def _check_methods(key: str, names: list[str] | None, config: dict, zeroshot: bool = False) -> None:
@@ -122,11 +134,9 @@ def _check_member(key: str, values, allowed: list, what: str) -> None:
         raise ConfigError(f"config key '{key}': {bad} not in {what} {allowed}; use one of those")
 
 
-def check_diagnostics(config: dict) -> None:
+def check_diagnostics(config: dict, n_classes: int) -> None:
     """Cross-key checks of ``diagnostics`` and ``ablations``: methods trained, datasets labelled, shots and
-    seeds of the study, score columns of the right kind."""
-    from .data.classes import ID_CLASSES
-
+    seeds of the study, score columns of the right kind (``n_classes``: the number of ID classes)."""
     diag, abl, data, scores = config["diagnostics"], config["ablations"], config["data"], config["scores"]
     shots, seeds = config["fewshot"]["shots"], config["fewshot"]["seeds"]
     _check_member("diagnostics.shots", diag["shots"], shots, "fewshot.shots")
@@ -149,7 +159,6 @@ def check_diagnostics(config: dict) -> None:
             raise ConfigError(f"config key '{key}': scores.{column} is a {scores[column]['score']} score; "
                               f"name a column whose score is {kind}")
     _check_methods("ablations.c_sweep.methods", abl["c_sweep"]["methods"], config, zeroshot=True)
-    n_classes = len(ID_CLASSES[data["id"]])
     too_big = [c for c in abl["c_sweep"]["c"] if c > n_classes]
     if too_big:
         raise ConfigError(f"config key 'ablations.c_sweep.c': {too_big} exceed the number of ID classes ({n_classes})")
@@ -191,6 +200,30 @@ def ebm_grid_variants(config: dict) -> dict[str, dict]:
         f"{grid['base']}_lam{lam:g}_{mode}_{anchor}": {**base, "lambda": lam, "mask_mode": mode, "anchor": anchor}
         for lam in grid["lambda"] for mode in grid["mask_mode"] for anchor in grid["anchor"]
     }
+
+
+def _merge(base: dict, override: dict) -> dict:
+    """``base`` with ``override`` merged in: mappings key by key, recursively; any other value replaced."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        both = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = _merge(merged[key], value) if both else copy.deepcopy(value)
+    return merged
+
+
+def study_configs(config: dict) -> dict[str, dict]:
+    """``{study: validated config}`` of a config holding ``studies``: the top-level keys with each study's
+    entry merged in (mappings key by key, other values replaced), ``study`` set to its name, ``studies``
+    dropped. Errors name the study."""
+    base = {key: value for key, value in config.items() if key != "studies"}
+    studies = {}
+    for name, override in config["studies"].items():
+        study = _merge(base, {**override, "study": name})
+        try:
+            studies[name] = validate_config(study)
+        except ConfigError as err:
+            raise ConfigError(f"study '{name}' (config key 'studies.{name}' over the top-level keys): {err}") from None
+    return studies
 
 
 def load_config(path: str | Path) -> dict:

@@ -2,7 +2,7 @@
 
 Conventions:
 
-- A digest is ``"sha256:<hex>"``.
+- A digest is ``"sha256:<hex>"``, or ``"md5:<hex>"`` where a source publishes only an MD5 sum.
 - :func:`download` writes ``<target>.part`` next to the target, resumes it with an HTTP Range request,
   retries connection errors, truncated bodies, 429 and 5xx with exponential back-off (``backoff *
   2**attempt`` seconds), tries mirrors in order, and renames the part file to the target only after its
@@ -38,7 +38,7 @@ from deltaenergy.io import atomic_path
 
 log = logging.getLogger(__name__)
 
-DIGEST_ALGORITHMS = ("sha256",)
+DIGEST_ALGORITHMS = ("sha256", "md5")
 COMPLETE_SUFFIX = ".complete"
 
 
@@ -57,7 +57,7 @@ class UnsafeArchiveError(ValueError):
 def _parse_digest(digest: str, what: str) -> tuple[str, str]:
     algorithm, _, hexdigest = digest.partition(":")
     if algorithm not in DIGEST_ALGORITHMS or not hexdigest:
-        raise ValueError(f"{what}: digest {digest!r} must look like 'sha256:<hex>'")
+        raise ValueError(f"{what}: digest {digest!r} must look like 'sha256:<hex>' (or 'md5:<hex>')")
     return algorithm, hexdigest.lower()
 
 
@@ -130,7 +130,7 @@ def _fetch_once(url: str, part: Path, timeout: float, progress: bool, what: str)
 def download(
     urls: str | Iterable[str],
     target: str | os.PathLike,
-    digest: str,
+    digest: str | None,
     *,
     what: str,
     retries: int = 4,
@@ -143,12 +143,16 @@ def download(
     Returns the URL used, or ``None`` when ``target`` already existed and verified. Each mirror gets
     ``retries + 1`` attempts for transient failures; 4xx answers and checksum mismatches move on to the
     next mirror. Raises :class:`ChecksumError` (a file with another digest) or :class:`DownloadError`.
+    ``digest=None`` (a source that publishes no checksum) verifies nothing: the caller records the
+    file's digest on first use (see :mod:`deltaenergy.data.registry`).
     """
     urls = [urls] if isinstance(urls, str) else list(urls)
     target = Path(target)
-    _parse_digest(digest, what)
+    if digest is not None:
+        _parse_digest(digest, what)
     if target.exists():
-        verify(target, digest, what)
+        if digest is not None:
+            verify(target, digest, what)
         return None
     target.parent.mkdir(parents=True, exist_ok=True)
     part = target.with_name(target.name + ".part")
@@ -169,7 +173,8 @@ def download(
                 failures.append(f"{url}: {err}")
                 break
             try:
-                verify(part, digest, what, url)
+                if digest is not None:
+                    verify(part, digest, what, url)
             except ChecksumError as err:
                 part.unlink()
                 mismatch = err
@@ -182,7 +187,7 @@ def download(
     raise DownloadError(
         f"{what}: could not download {target.name} from {len(urls)} mirror(s): {'; '.join(failures)}. "
         f"Fix: check the network or proxy and run again (a partial {part.name} is resumed), or bring your "
-        f"own copy with {digest} and place it at {target}"
+        f"own copy{f' with {digest}' if digest else ''} and place it at {target}"
     )
 
 

@@ -4,6 +4,12 @@ Scores table (one per run and dataset): one row per evaluated image with ``path`
 ``split``, ``role``, ``label``, ``pred`` (argmax of the cosine similarities) and one column per
 configured score (higher = more in-distribution). The ID dataset is scored on its ``val`` and ``test``
 splits; the metrics use ``test`` only (``val`` is kept for model selection).
+
+A dataset whose images can only have some of the ID labels (its manifest sidecar's ``class_subset``, e.g.
+ImageNet-A/R's 200 of the 1000 ImageNet classes) also gets ``pred_subset``: the argmax over those classes
+only (an ID label index). Its accuracy rows are then ``<dataset>`` (classified among its subset, the
+standard protocol) and ``<dataset>@all`` with role ``covariate_all`` (among all ID classes), so that
+averages over the ``covariate`` rows count each set once.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ def score_table(
     scores: dict,
     neg_text: torch.Tensor | None = None,
     chunk: int = 4096,
+    class_subset: list[int] | None = None,
 ) -> pd.DataFrame:
     """Score every evaluated row of ``manifest`` under the ``scores`` config.
 
@@ -36,13 +43,15 @@ def score_table(
     ``text`` [K, D] class text features, or a function of a chunk's global features [n, D] giving
     per-image class text features [n, K, D] (CoCoOp: ``lambda f: image_conditioned_text(learner, f)``;
     global and local similarities then use each image's own text, and ``text_features`` is not passed
-    to the scores); ``neg_text`` [M, D] NegLabel's negative-label features. Rows are processed in chunks
+    to the scores); ``neg_text`` [M, D] NegLabel's negative-label features; ``class_subset`` the ID label
+    indices this dataset's images can have (adds ``pred_subset``; None = all). Rows are processed in chunks
     so local similarities (chunk × P × K) and per-image text (chunk × K × D) never exceed memory.
     """
     keep = (manifest["role"] != "id") | manifest["split"].isin(["val", "test"])
     rows = torch.from_numpy(np.flatnonzero(keep.to_numpy()))
     table = manifest.iloc[rows.numpy()][["path", "dataset", "split", "role", "label"]].reset_index(drop=True)
-    preds, columns = [], {name: [] for name in scores}
+    preds, subset_preds, columns = [], [], {name: [] for name in scores}
+    subset = None if class_subset is None else torch.as_tensor(sorted(class_subset), dtype=torch.long)
     for part in rows.split(chunk):
         image = feats["global"][part]
         if callable(text):
@@ -59,10 +68,14 @@ def score_table(
         if neg_text is not None:
             extras["neg_sims"] = image @ neg_text.T
         preds.append(sims.argmax(dim=-1))
+        if subset is not None:
+            subset_preds.append(subset[sims[:, subset].argmax(dim=-1)])
         for column, spec in scores.items():
             params = {k: v for k, v in spec.items() if k != "score"}
             columns[column].append(compute_score(spec["score"], sims, **params, **extras))
     table["pred"] = torch.cat(preds).numpy()
+    if subset is not None:
+        table["pred_subset"] = torch.cat(subset_preds).numpy()
     for column, parts in columns.items():
         table[column] = torch.cat(parts).double().numpy()
     return table
@@ -90,8 +103,13 @@ def metrics_tables(scores: pd.DataFrame, score_columns: list[str]) -> tuple[pd.D
         id_test = run[(run["role"] == "id") & (run["split"] == "test")]
         for dataset, part in run[run["role"] != "ood"].groupby("dataset", sort=True):
             part = part[part["split"] == "test"] if part["role"].iloc[0] == "id" else part
-            acc.append({"method": method, "shots": shots, "seed": seed, "dataset": dataset,
-                        "role": part["role"].iloc[0], "acc": accuracy(part["label"].to_numpy(), part["pred"].to_numpy())})
+            labels, role = part["label"].to_numpy(), part["role"].iloc[0]
+            preds = {(dataset, role): part["pred"]}
+            if "pred_subset" in part and part["pred_subset"].notna().all():
+                preds = {(dataset, role): part["pred_subset"], (f"{dataset}@all", f"{role}_all"): part["pred"]}
+            for (name, name_role), pred in preds.items():
+                acc.append({"method": method, "shots": shots, "seed": seed, "dataset": name, "role": name_role,
+                            "acc": accuracy(labels, pred.to_numpy().astype(np.int64))})
         for dataset, ood in run[run["role"] == "ood"].groupby("dataset", sort=True):
             for column in score_columns:
                 try:

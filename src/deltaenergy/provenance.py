@@ -90,15 +90,28 @@ def _dataset_sources(folder: Path) -> list[dict] | str:
 
 
 def collect_provenance(config: dict, manifests: list[str], feature_sidecars: list[str],
-                       dataset_dirs: list[str] = (), manifest_sidecars: list[str] = ()) -> dict:
+                       dataset_dirs: list[str] = (), manifest_sidecars: list[str] = (),
+                       id_classes: str | None = None) -> dict:
     """Everything needed to tell whether two result folders are comparable.
 
     ``dataset_dirs``: built dataset folders; their ``sources.json`` (registry package or verified download,
-    see :mod:`deltaenergy.data.sources`) become ``data_sources`` keyed by folder name. ``skipped_images``
-    maps each manifest (by its sidecar ``<manifest>.json``) to the number of unreadable source files left out.
+    see :mod:`deltaenergy.data.sources`) become ``data_sources`` keyed by folder name; a real benchmark's
+    manifest sidecars record theirs (``source``: registry name, folder, origin). ``skipped_images`` maps each
+    manifest (by its sidecar ``<manifest>.json``) to the number of unreadable source files left out.
+    ``id_classes``: a real benchmark's ``classes.json`` (ids and prompt names in label order), recorded with
+    where the names and templates come from (open_clip's zero-shot metadata).
     """
     sidecars = [json.loads(Path(p).read_text()) for p in feature_sidecars]
-    skipped = {str(p).removesuffix(".json"): json.loads(Path(p).read_text())["skipped"] for p in manifest_sidecars}
+    manifest_records = {str(p).removesuffix(".json"): json.loads(Path(p).read_text()) for p in manifest_sidecars}
+    skipped = {name: record["skipped"] for name, record in manifest_records.items()}
+    sources = {Path(d).name: _dataset_sources(Path(d)) for d in dataset_dirs}
+    sources |= {Path(name).name.removesuffix(".csv"): record["source"]
+                for name, record in manifest_records.items() if "source" in record}
+    text = {}
+    if id_classes is not None:
+        text = {"id_classes": json.loads(Path(id_classes).read_text()),
+                "text_metadata": f"open_clip_torch=={metadata.version('open_clip_torch')} "
+                                 "zero_shot_metadata (IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES)"}
     return {
         "benchmark": config["benchmark"],
         "config_sha256": config_hash(config),
@@ -109,10 +122,11 @@ def collect_provenance(config: dict, manifests: list[str], feature_sidecars: lis
         "device": device(),
         "seeds": {"data": config["data"]["seed"], "fewshot": config["fewshot"]["seeds"]},
         "manifests_sha256": {str(p): sha256_file(p) for p in manifests},
-        "data_sources": {Path(d).name: _dataset_sources(Path(d)) for d in dataset_dirs},
+        "data_sources": sources,
         "backbone": sidecars[0]["backbone"] if sidecars else None,
         "image_encoder_calls": sum(s["image_forward_count"] for s in sidecars),
         "images": sum(s["n_images"] for s in sidecars if "views" not in s),
         "augmented_views": sum(s["n_images"] * s["views"] for s in sidecars if "views" in s),
         "skipped_images": skipped,
+        **text,
     }

@@ -20,7 +20,7 @@ os.environ.update(
 )
 
 from deltaenergy.config import validate_config, ConfigError  # noqa: E402
-from deltaenergy.data.classes import ID_CLASSES  # noqa: E402
+from deltaenergy.data.classes import id_class_names  # noqa: E402
 from deltaenergy.data.sources import DATASET_SOURCES, FETCHED_DATA_ENV, SOURCES, system_available  # noqa: E402
 
 try:
@@ -30,9 +30,12 @@ except ConfigError as err:
 config.clear()
 config.update(_validated)
 
-R = f"results/{config['benchmark']}"
+# One study of a config holding several (studies.smk) files its outputs under results/<benchmark>/<study>/.
+R = Path("results", config["benchmark"], *([config["study"]] if "study" in config else [])).as_posix()
 BACKBONE = config["backbone"]["name"]
 ID_DATASET = config["data"]["id"]
+# The prompts' class names in label order: the demo's static list, or the registry protocol's ID classes.
+ID_CLASSNAMES = id_class_names(config["data"])
 DATASETS = [ID_DATASET, *config["data"]["covariate"], *config["data"]["ood"]]
 SHOTS = config["fewshot"]["shots"]
 SEEDS = config["fewshot"]["seeds"]
@@ -70,6 +73,25 @@ def prompt_input(w):
     if w.method in ZEROSHOT_METHODS:
         return []
     return f"{run_dir('train', w.method, w.shots, w.seed)}/prompt.pt"
+
+
+# The open_clip tag's download record (rule fetch_weights), an input of every job that builds the backbone;
+# none for a local checkpoint or the stand-in.
+_OPTIONS = config["backbone"]["options"]
+WEIGHTS = (
+    [f"resources/weights/{_OPTIONS['arch']}/{_OPTIONS['pretrained']}.json"]
+    if config["backbone"]["name"] == "openclip" and _OPTIONS.get("pretrained")
+    else []
+)
+
+
+def dataset_dirs(datasets):
+    """The image folders the demo builds under results/ (registry datasets are read where they lie: none)."""
+    return [f"{R}/data/{d}" for d in datasets] if config["data"]["kind"] == "demo" else []
+
+
+# The registry protocol's ID class list (rule id_classes), recorded in provenance.json.
+CLASSES_JSON = [f"{R}/manifests/classes.json"] if config["data"]["kind"] == "registry" else []
 
 
 def features_path(dataset):

@@ -58,12 +58,13 @@ C_SWEEP_RUNS = list(dict.fromkeys(C_SWEEP_RUNS))
 
 rule masking_zeroshot_data:
     input:
+        weights=WEIGHTS,
         features=[features_path(d) for d in DATASETS],
         manifests=expand(f"{R}/manifests/{{dataset}}.csv", dataset=DATASETS),
     output:
         f"{R}/diagnostics/masking_zeroshot.parquet",
     params:
-        classnames=ID_CLASSES[ID_DATASET],
+        classnames=ID_CLASSNAMES,
         zeroshot=config["zeroshot"],
         masking=DIAG["masking"],
         backbone=config["backbone"],
@@ -83,6 +84,7 @@ rule masking_zeroshot_data:
 
 rule hessian_prompt:
     input:
+        weights=WEIGHTS,
         prompt=f"{R}/train/{{method}}/shots{{shots}}_seed{{seed}}/prompt.pt",
         id_features=features_path(ID_DATASET),
         id_manifest=f"{R}/manifests/{ID_DATASET}.csv",
@@ -95,7 +97,7 @@ rule hessian_prompt:
         domains=HESSIAN["domains"],
         hessian=HESSIAN,
         tau=config["train"]["tau"],
-        classnames=ID_CLASSES[ID_DATASET],
+        classnames=ID_CLASSNAMES,
         method=lambda w: config["methods"][w.method],
         prompt=config["prompt"],
         backbone=config["backbone"],
@@ -119,6 +121,7 @@ rule hessian_prompt:
 
 rule c_sweep:
     input:
+        weights=WEIGHTS,
         features=[features_path(d) for d in [ID_DATASET, *config["data"]["ood"]]],
         manifests=expand(f"{R}/manifests/{{dataset}}.csv", dataset=[ID_DATASET, *config["data"]["ood"]]),
         prompts=[f"{run_dir('train', m, k, s)}/prompt.pt" for m, k, s in C_SWEEP_RUNS if k > 0],
@@ -130,7 +133,7 @@ rule c_sweep:
         id_dataset=ID_DATASET,
         c=ABL["c_sweep"]["c"],
         score=config["scores"][ABL["c_sweep"]["score"]],
-        classnames=ID_CLASSES[ID_DATASET],
+        classnames=ID_CLASSNAMES,
         methods=config["methods"],
         zeroshot=config["zeroshot"],
         prompt=config["prompt"],
@@ -152,6 +155,7 @@ rule c_sweep:
 # The EBM grid reuses the training and scoring scripts; `method` is the variant's name here.
 rule train_ablation:
     input:
+        weights=WEIGHTS,
         features=features_path(ID_DATASET),
         fewshot=f"{R}/manifests/fewshot/shots{{shots}}_seed{{seed}}.csv",
         views=VIEWS,
@@ -160,7 +164,7 @@ rule train_ablation:
         log=f"{R}/ablations/train/{{method}}/shots{{shots}}_seed{{seed}}/train_log.csv",
     params:
         checkpoint=lambda w: f"{R}/ablations/train/{w.method}/shots{w.shots}_seed{w.seed}/checkpoint.pt",
-        classnames=ID_CLASSES[ID_DATASET],
+        classnames=ID_CLASSNAMES,
         method=lambda w: EBM_GRID[w.method],
         train=config["train"],
         prompt=config["prompt"],
@@ -183,14 +187,16 @@ rule train_ablation:
 
 rule score_ablation:
     input:
+        weights=WEIGHTS,
         features=[features_path(d) for d in DATASETS],
         manifests=expand(f"{R}/manifests/{{dataset}}.csv", dataset=DATASETS),
+        sidecars=expand(f"{R}/manifests/{{dataset}}.csv.json", dataset=DATASETS),
         prompt=f"{R}/ablations/train/{{method}}/shots{{shots}}_seed{{seed}}/prompt.pt",
         neglabels=rules.mine_negative_labels.output.labels if NEGLABEL_SCORES else [],
     output:
         [f"{R}/ablations/scores/{{method}}/shots{{shots}}_seed{{seed}}/{d}.parquet" for d in DATASETS],
     params:
-        classnames=ID_CLASSES[ID_DATASET],
+        classnames=ID_CLASSNAMES,
         method=lambda w: EBM_GRID[w.method],
         scores=config["scores"],
         zeroshot=config["zeroshot"],

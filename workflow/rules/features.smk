@@ -1,10 +1,35 @@
 # Features: the image tower runs once per image; everything downstream reads these files.
 
 
+# open_clip weights named by a pretrained tag are downloaded once, on the machine running Snakemake (compute
+# nodes may have no internet), into open_clip's cache; every job building the backbone waits for them.
+localrules:
+    fetch_weights,
+
+
+rule fetch_weights:
+    output:
+        "resources/weights/{arch}/{tag}.json",
+    params:
+        cache_dir=config["backbone"]["options"].get("cache_dir"),
+    log:
+        "resources/weights/logs/{arch}_{tag}.log",
+    benchmark:
+        "resources/weights/benchmarks/{arch}_{tag}.tsv"
+    resources:
+        mem_mb=1000,
+        runtime=60,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/fetch_weights.py"
+
+
 rule extract_features:
     input:
         manifest=f"{R}/manifests/{{dataset}}.csv",
-        images=f"{R}/data/{{dataset}}",
+        images=lambda w: dataset_dirs([w.dataset]),
+        weights=WEIGHTS,
     output:
         features=f"{R}/features/{BACKBONE}/{{dataset}}.npz",
         meta=f"{R}/features/{BACKBONE}/{{dataset}}.npz.json",
@@ -29,7 +54,8 @@ rule extract_features:
 rule extract_views:
     input:
         manifest=f"{R}/manifests/{ID_DATASET}.csv",
-        images=f"{R}/data/{ID_DATASET}",
+        images=dataset_dirs([ID_DATASET]),
+        weights=WEIGHTS,
     output:
         features=VIEWS_PATH,
         meta=f"{VIEWS_PATH}.json",

@@ -11,7 +11,8 @@ rule provenance:
         manifests=expand(f"{R}/manifests/{{dataset}}.csv", dataset=DATASETS),
         sidecars=expand(f"{R}/manifests/{{dataset}}.csv.json", dataset=DATASETS),
         features=[f"{p}.json" for p in [*map(features_path, DATASETS), *VIEWS]],
-        data=expand(f"{R}/data/{{dataset}}", dataset=DATASETS),
+        data=dataset_dirs(DATASETS),
+        classes=CLASSES_JSON,
     output:
         f"{R}/provenance.json",
     log:
@@ -76,3 +77,7 @@ rule index:
         "../envs/report.yaml"
     script:
         "../scripts/index.py"
+
+
+# What `snakemake` builds (rule all in the Snakefile): the index and every report it links.
+TARGETS = [f"{R}/reports/index.html", *expand(f"{R}/reports/{{report}}.html", report=DIAGNOSTIC_REPORTS)]

@@ -6,6 +6,7 @@ NEGLABEL_SCORES = [c for c, spec in config["scores"].items() if spec["score"] ==
 
 rule mine_negative_labels:
     input:
+        weights=WEIGHTS,
         wordnet=source_markers(["wordnet"]),
     output:
         labels=f"{R}/neglabels/{BACKBONE}/{ID_DATASET}.npz",
@@ -13,7 +14,7 @@ rule mine_negative_labels:
     params:
         neglabel=config["neglabel"],
         backbone=config["backbone"],
-        classnames=ID_CLASSES[ID_DATASET],
+        classnames=ID_CLASSNAMES,
     log:
         f"{R}/logs/mine_negative_labels.log",
     benchmark:
@@ -31,14 +32,16 @@ rule mine_negative_labels:
 
 rule score_run:
     input:
+        weights=WEIGHTS,
         features=[features_path(d) for d in DATASETS],
         manifests=expand(f"{R}/manifests/{{dataset}}.csv", dataset=DATASETS),
+        sidecars=expand(f"{R}/manifests/{{dataset}}.csv.json", dataset=DATASETS),
         prompt=prompt_input,
         neglabels=rules.mine_negative_labels.output.labels if NEGLABEL_SCORES else [],
     output:
         [f"{R}/scores/{{method}}/shots{{shots}}_seed{{seed}}/{d}.parquet" for d in DATASETS],
     params:
-        classnames=ID_CLASSES[ID_DATASET],
+        classnames=ID_CLASSNAMES,
         method=lambda w: config["methods"].get(w.method),
         scores=config["scores"],
         zeroshot=config["zeroshot"],

@@ -3,6 +3,7 @@
 
 rule train_prompt:
     input:
+        weights=WEIGHTS,
         features=features_path(ID_DATASET),
         fewshot=f"{R}/manifests/fewshot/shots{{shots}}_seed{{seed}}.csv",
         views=VIEWS,
@@ -11,7 +12,7 @@ rule train_prompt:
         log=f"{R}/train/{{method}}/shots{{shots}}_seed{{seed}}/train_log.csv",
     params:
         checkpoint=lambda w: f"{run_dir('train', w.method, w.shots, w.seed)}/checkpoint.pt",
-        classnames=ID_CLASSES[ID_DATASET],
+        classnames=ID_CLASSNAMES,
         method=lambda w: config["methods"][w.method],
         train=config["train"],
         prompt=config["prompt"],

@@ -7,4 +7,4 @@ from deltaenergy.provenance import collect_provenance
 with log_to(snakemake.log[0]):
     inputs = snakemake.input
     write_json(snakemake.output[0], collect_provenance(snakemake.config, inputs.manifests, inputs.features, inputs.data,
-                                                      inputs.sidecars))
+                                                      inputs.sidecars, inputs.classes[0] if inputs.classes else None))

@@ -22,9 +22,13 @@ from .manifest import MANIFEST_COLUMNS, OOD_LABEL, validate_manifest
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
+def image_files(folder: Path) -> list[Path]:
+    """The image files of ``folder`` (direct children, see the module docstring), sorted by name. Uses
+    ``os.scandir`` (no stat per file where the file system reports types: ImageNet's 1.28M files)."""
+    with os.scandir(folder) as entries:
+        return sorted(Path(e.path) for e in entries
+                      if not e.name.startswith(".") and os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES
+                      and e.is_file())
 
 
 def folder_manifest(
@@ -56,7 +60,7 @@ def folder_manifest(
     if extra:
         raise ValueError(f"{dataset}: folder(s) {', '.join(str(root / e) for e in extra)} are not in the expected "
                          f"class list; remove them or add the classes")
-    files = {c: _image_files(root / c) for c in classes}
+    files = {c: image_files(root / c) for c in classes}
     empty = [str(root / c) for c, found in files.items() if not found]
     if empty:
         raise ValueError(f"{dataset}: class folder(s) without images ({', '.join(IMAGE_SUFFIXES)}): "

@@ -6,7 +6,9 @@ absolute), ``label`` (int; class index for ``id``/``covariate`` rows, -1 for ``o
 manifest is row ``i`` of every feature/score file derived from it.
 
 A manifest's sidecar ``<manifest>.json`` records how it was built: ``images`` (rows), ``on_bad_image``
-and the source files left out as unreadable (``skipped`` count, ``skipped_files`` with each error).
+and the source files left out as unreadable (``skipped`` count, ``skipped_files`` with each error); a real
+dataset's also ``class_subset`` (the ID label indices its images can have, e.g. ImageNet-A's 200) and
+``source`` (registry entry, folder, origin).
 """
 
 from __future__ import annotations
@@ -89,10 +91,12 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
     return validate_manifest(frame, source=str(path))
 
 
-def write_manifest_sidecar(manifest_path: str | os.PathLike, frame: pd.DataFrame, on_bad_image: str) -> None:
+def write_manifest_sidecar(manifest_path: str | os.PathLike, frame: pd.DataFrame, on_bad_image: str,
+                           **extra) -> None:
     """Write ``<manifest_path>.json``: row count, the requested ``frame.attrs['sizes']`` (a set may hold fewer
-    images than asked for, see ``stamps_animals``), ``on_bad_image`` and ``frame.attrs['skipped']`` (if any)."""
+    images than asked for, see ``stamps_animals``), ``on_bad_image``, ``frame.attrs['skipped']`` (if any) and
+    the ``extra`` keys (real datasets: ``class_subset``, ``source``)."""
     skipped = list(frame.attrs.get("skipped", []))
     write_json(f"{manifest_path}.json", {"images": len(frame), "sizes": frame.attrs.get("sizes", {}),
                                           "on_bad_image": on_bad_image, "skipped": len(skipped),
-                                          "skipped_files": skipped})
+                                          "skipped_files": skipped, **extra})
