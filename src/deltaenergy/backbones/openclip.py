@@ -176,6 +176,49 @@ def _check_supported(name: str, cfg: dict, local_features: bool) -> None:
         )
 
 
+def _prefixed_block(
+    block: ResidualAttentionBlock, pre: torch.Tensor, sufs: list[torch.Tensor], last: bool
+) -> tuple[torch.Tensor | None, list[torch.Tensor]]:
+    """One causal ``ResidualAttentionBlock`` over a shared prefix ``[G, P, W]`` and buckets of suffixes.
+
+    Each bucket ``[G, k, S, W]`` holds k prompts whose EOT is their last row S - 1. Suffix row s of a prompt
+    attends to all P prefix rows of its group and to its own suffix rows <= s. With ``last`` only the EOT
+    row of each prompt is computed (``[G, k, 1, W]``) and the prefix, which nothing reads afterwards, is
+    dropped (None).
+    """
+    attn = block.attn
+    width = pre.shape[-1]
+    heads = attn.num_heads
+    dim = width // heads
+    weight, bias = attn.in_proj_weight, attn.in_proj_bias
+    scale = dim**-0.5
+
+    def split(x: torch.Tensor) -> torch.Tensor:  # [..., R, W] -> [..., heads, R, dim]
+        return x.unflatten(-1, (heads, dim)).transpose(-3, -2)
+
+    def residual(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:  # out [..., heads, R, dim]
+        x = x + block.ls_1(attn.out_proj(out.transpose(-3, -2).flatten(-2)))
+        return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+    q_pre, k_pre, v_pre = map(split, F.linear(block.ln_1(pre), weight, bias).chunk(3, dim=-1))  # [G, h, P, d]
+    new_pre = None if last else residual(pre, F.scaled_dot_product_attention(q_pre, k_pre, v_pre, is_causal=True))
+    new_sufs = []
+    for suf in sufs:
+        n_cls, n_suf = suf.shape[1:3]
+        q, k, v = map(split, F.linear(block.ln_1(suf), weight, bias).chunk(3, dim=-1))  # [G, k, h, S, d]
+        keep = torch.ones(n_suf, n_suf, dtype=torch.bool, device=suf.device).tril()
+        if last:
+            q, keep, suf = q[..., -1:, :], keep[-1:], suf[:, :, -1:]
+        # scores against the group's prefix keys in one matmul per group (prefix keys are not copied per prompt)
+        s_pre = (q.transpose(1, 2).flatten(2, 3) @ k_pre.transpose(-1, -2)).unflatten(2, (n_cls, -1)).transpose(1, 2)
+        s_suf = (q @ k.transpose(-1, -2)).masked_fill(~keep, float("-inf"))
+        probs = (torch.cat([s_pre, s_suf], dim=-1) * scale).softmax(dim=-1)  # [G, k, h, R, P + S]
+        p_pre, p_suf = probs.split([s_pre.shape[-1], n_suf], dim=-1)
+        from_pre = (p_pre.transpose(1, 2).flatten(2, 3) @ v_pre).unflatten(2, (n_cls, -1)).transpose(1, 2)
+        new_sufs.append(residual(suf, from_pre + p_suf @ v))
+    return new_pre, new_sufs
+
+
 @register_backbone("openclip")
 class OpenClipBackbone(Backbone):
     """An open_clip CLIP model, frozen; global and GL-MCM local image features, CLIP text features."""
@@ -413,6 +456,45 @@ class OpenClipBackbone(Backbone):
         x = tower.transformer(x, attn_mask=tower.attn_mask[:n, :n])
         x = tower.ln_final(x)
         pooled = x[torch.arange(x.shape[0], device=x.device), lengths - 1]
+        proj = tower.text_projection
+        if isinstance(proj, torch.nn.Linear):
+            pooled = proj(pooled)
+        elif proj is not None:
+            pooled = pooled @ proj
+        return F.normalize(pooled, dim=-1)
+
+    def encode_prefixed(self, prefix: torch.Tensor, suffix: torch.Tensor, tokens: Tokens) -> torch.Tensor:
+        """Shared-prefix encoding (see ``Backbone.encode_prefixed``), exact under the causal mask.
+
+        A prefix position attends only to earlier prefix positions, so its hidden states (and keys and
+        values) are the same in all K prompts of a group and are computed once per group; each suffix
+        position attends to the group's prefix keys and its own prompt's earlier suffix keys. Prompts run in
+        buckets of equal length, so no position after an EOT is computed, and the last block computes only
+        what the pooled EOT rows need (no prefix rows, one query row per prompt).
+        Towers whose blocks are not open_clip's ``ResidualAttentionBlock`` use the plain encoding.
+        """
+        tower = self.text_tower
+        blocks = tower.transformer.resblocks
+        n_pre = prefix.shape[1]
+        lengths = tokens.mask.to(suffix.device).sum(dim=1)
+        n = int(lengths.max())
+        plain = not all(
+            type(b) is ResidualAttentionBlock and not hasattr(b, "ln_1_kv") and b.attn.in_proj_weight is not None
+            and b.attn.bias_k is None and not b.attn.add_zero_attn for b in blocks
+        )
+        if plain or int(lengths.min()) <= n_pre or n > self.context_length:
+            return super().encode_prefixed(prefix, suffix, tokens)
+        cast = tower.transformer.get_cast_dtype()
+        pos = tower.positional_embedding.to(cast)
+        pre = prefix.to(cast) + pos[:n_pre]  # [G, P, W]
+        # bucket the prompts by length: no position after a prompt's EOT is computed
+        buckets = [torch.nonzero(lengths == length).flatten() for length in torch.unique(lengths).tolist()]
+        sufs = [suffix[:, idx, : int(lengths[idx[0]]) - n_pre].to(cast) + pos[n_pre : int(lengths[idx[0]])]
+                for idx in buckets]
+        for i, block in enumerate(blocks):
+            pre, sufs = _prefixed_block(block, pre, sufs, last=i == len(blocks) - 1)
+        order = torch.cat(buckets).argsort()
+        pooled = tower.ln_final(torch.cat([s[:, :, 0] for s in sufs], dim=1)[:, order])  # [G, K, W] at the EOTs
         proj = tower.text_projection
         if isinstance(proj, torch.nn.Linear):
             pooled = proj(pooled)
