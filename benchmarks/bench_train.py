@@ -71,7 +71,7 @@ class CoOpReference(torch.nn.Module):
         ids, prefix, suffix = self.ids[rows], self.token_prefix[rows], self.token_suffix[rows]
         x = torch.cat([prefix, self.ctx.expand(ids.shape[0], -1, -1), suffix], dim=1)
         x = m.transformer(x + m.positional_embedding, attn_mask=m.attn_mask)
-        x = m.ln_final(x)[torch.arange(ids.shape[0]), ids.argmax(dim=-1)] @ m.text_projection
+        x = m.ln_final(x)[torch.arange(ids.shape[0], device=ids.device), ids.argmax(dim=-1)] @ m.text_projection
         return F.normalize(x, dim=-1)
 
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
@@ -139,6 +139,7 @@ def bench_k(model, backbone, n_cls: int, args, images: torch.Tensor, ref_repeats
     labels = torch.arange(images.shape[0], device=device) % n_cls
     learner = PromptLearner(backbone, names, n_ctx=args.n_ctx, generator=torch.Generator().manual_seed(args.seed))
     learner.to(device)
+    step_learner = torch.compile(learner) if args.compile else learner  # attributes pass through
     ctx0 = learner.ctx.detach().clone()
     reference = CoOpReference(model, open_clip.get_tokenizer(backbone.arch), names, ctx0).to(device)
     feats = backbone.encode_images(images)[0]  # the study's cached features: encoded once, not timed
@@ -148,7 +149,7 @@ def bench_k(model, backbone, n_cls: int, args, images: torch.Tensor, ref_repeats
         optimizer = restart(learner, ctx0)
         sync()
         start = time.perf_counter()
-        loss, _, _ = train_step(learner, optimizer, METHOD, feats, labels, TAU, amp=args.amp)
+        loss, _, _ = train_step(step_learner, optimizer, METHOD, feats, labels, TAU, amp=args.amp)
         sync()
         return time.perf_counter() - start, loss
 
@@ -217,6 +218,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument("--device", default="cpu")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast of our text forward (CUDA only)")
+    p.add_argument("--compile", action="store_true", help="torch.compile our learner")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=RESULTS, help="folder of the JSON result ('-': none)")
     return p
@@ -232,7 +234,7 @@ def run(args: argparse.Namespace) -> dict:
     images = torch.randn(args.batch, 3, size, size, generator=torch.Generator().manual_seed(args.seed)).to(device)
     result = {**machine(), "setup": {"arch": args.arch, "weights": "random init (open_clip.create_model)",
                                      "n_ctx": args.n_ctx, "batch": args.batch, "tau": TAU, "sgd": SGD,
-                                     "dtype": "bfloat16 autocast (ours)" if args.amp else "float32",
+                                     "dtype": "bfloat16 autocast (ours)" if args.amp else "float32", "compile": args.compile,
                                      "device": str(device), "tolerance": args.tolerance}, "rows": []}
     for n_cls in args.k:
         ref_repeats = args.repeats if n_cls <= args.ref_warmup_max_k else (args.ref_repeats_large or args.repeats)
