@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from torch.utils.flop_counter import FlopCounterMode
 
+from bench_train import count_flops
 from common import RESULTS, machine, random_clip, stats, timed
 from deltaenergy.features import extract_features
 from deltaenergy.io import write_json
@@ -56,8 +56,7 @@ def run(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         _, backbone = random_clip(args.arch, Path(folder), args.seed, device=args.device)
         one = torch.zeros(1, 3, backbone.image_size, backbone.image_size, device=args.device)
-        with FlopCounterMode(display=False) as counter:
-            backbone.encode_images(one)
+        flops_per_image = count_flops(lambda: backbone.encode_images(one))
         backbone.image_forward_count -= 1
         manifest = pd.DataFrame({"path": write_images(Path(folder), args.images, args.seed)})
         for workers in args.workers:
@@ -76,7 +75,7 @@ def run(args: argparse.Namespace) -> dict:
             print(f"workers={workers}: {rows[-1]['images_per_s']:.1f} images/s ({time.strftime('%H:%M:%S')})", flush=True)
     return {**machine(), "setup": {"arch": args.arch, "images": args.images, "image_size": backbone.image_size,
                                    "batch": args.batch, "device": args.device,
-                                   "flops_per_image": int(counter.get_total_flops())}, "rows": rows,
+                                   "flops_per_image": flops_per_image}, "rows": rows,
             "study": study_encoder_calls(args.provenance)}
 
 

@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as scratch, contextlib.redirect_stdout(io.StringIO()):
         scores = ["--n", "2000", "--k", "50", "--neg", "100", "--repeats", "2"] if args.dry else ["--repeats", "10"]
         items["scores"] = bench_scores.main([*scores, *dev, "--out", scratch])
-        hessian = ["--n-ctx", "1", "--repeats", "1", "--probes", "4", "--hvp-vectors", "4", "--chunk", "4",
+        hessian = ["--n-ctx", "1", "--repeats", "1", "--n", "32", "--probes", "2", "--hvp-vectors", "2", "--chunk", "2",
                    "--exact-max-params", "0", "--demo-n-ctx", "1"] if args.dry else \
             ["--n-ctx", "1", "2", "4", "8", "16", "--repeats", "3", "--exact-max-params", "2048"]
         items["hessian"] = bench_hessian.main([*hessian, *arch, *dev, "--out", scratch])

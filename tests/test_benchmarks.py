@@ -3,7 +3,7 @@
 ``demo_phases`` must aggregate whatever files exist (sums per rule folder or top-level file, the span from
 the earliest start to the latest end, unmeasured "-" fields as 0). ``gpu.sh --dry`` runs the GPU script's
 code on the CPU with the tiny model: every item, the equality check of the float32 step, TFLOP/s rows and
-the result files.
+the result files, and the suite's markdown summary of those items.
 """
 
 from __future__ import annotations
@@ -14,13 +14,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import demo_phases  # noqa: E402
 import gpu  # noqa: E402
+import run  # noqa: E402
 
 HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
 
@@ -67,9 +66,23 @@ def test_gpu_script_dry_run(tmp_path):
     assert all(r["tflops"] > 0 for r in result["items"]["features"]["rows"])
     assert "## 1. Prompt-learning step" in path.with_suffix(".md").read_text()
 
+    items = result["items"]  # the suite's summary renders the same items
+    suite = {"machine": result["machine"], "quick": True, "command": "make bench-quick", "wall_s": 1.0,
+             "loadavg_after": [0.0, 0.0, 0.0], "items": {"train": items["train_float32"]["raw"],
+             "features": items["features"], "scores": items["scores"], "hessian": items["hessian"],
+             "demo_phases": demo_phases.demo_phases(tmp_path / "none")}}
+    text = run.summary(suite)
+    assert "| 40 |" in text and "## 5. Demo study by phase" in text and "run the demo first" in text
 
-@pytest.mark.parametrize("script", ["run.py", "bench_train.py", "bench_features.py", "demo_phases.py"])
-def test_scripts_explain_themselves(script):
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--help"], capture_output=True,
-                         text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
-    assert out.returncode == 0 and "usage" in out.stdout.lower(), out.stderr[-2000:]
+
+def test_projection_counts_the_study():
+    import projection
+
+    result = {"items": {"train": {"rows": [{"K": 1000, "speedup": 5.0, "flops": {"ours": 10, "reference": 200}}]},
+                        "features": {"setup": {"flops_per_image": 1}}}}
+    out = projection.projection(result, [1.0])
+    assert out["steps"] == 3 * 3 * (32 + 63 + 125 + 250 + 500) * 50 and out["models"] == 45
+    images = 1000 * (1 + 2 + 4 + 8 + 16) * 3 + projection.EVAL_IMAGES
+    assert out["flops"]["ours"] == out["steps"] * 10 + images
+    assert out["flops"]["reference"] == out["steps"] * 200 + 45 * projection.EVAL_IMAGES
+    assert out["gpu_hours"]["1.0"]["ours"] == out["flops"]["ours"] / 1e12 / 3600
