@@ -72,7 +72,8 @@ def run(args: argparse.Namespace) -> dict:
                 raise SystemExit(f"bench_features: {calls} image-encoder calls for {args.images} images")
             rows.append({"workers": workers, "pin_memory": args.device.startswith("cuda"), **stats(times),
                          "images_per_s": args.images / stats(times)["median_s"], "encoder_calls": calls})
-            print(f"workers={workers}: {rows[-1]['images_per_s']:.1f} images/s ({time.strftime('%H:%M:%S')})", flush=True)
+            print(f"workers={workers}: {rows[-1]['images_per_s']:.1f} images/s ({time.strftime('%H:%M:%S')})",
+                  flush=True)
     return {**machine(), "setup": {"arch": args.arch, "images": args.images, "image_size": backbone.image_size,
                                    "batch": args.batch, "device": args.device,
                                    "flops_per_image": flops_per_image}, "rows": rows,

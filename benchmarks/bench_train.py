@@ -18,7 +18,8 @@ attention; the reference's are counted for one image and two prompts and scaled,
 B and K). Above ``--ref-chunk`` classes the reference's one K·77-position graph does not fit in memory
 (~35 GB at K=1000): it then computes the same gradient in chunks of classes after a no-grad pass over
 all classes; that pass is timed and subtracted, so the reported reference time is the one-graph step's
-work (image encoder, one text forward with graph, one backward, SGD). Writes benchmarks/results/train-<host>-<date>.json (unless called by run.py).
+work (image encoder, one text forward with graph, one backward, SGD). Writes
+benchmarks/results/train-<host>-<date>.json (unless called by run.py).
 """
 
 from __future__ import annotations
@@ -179,7 +180,8 @@ def bench_k(model, backbone, n_cls: int, args, images: torch.Tensor, ref_repeats
     ref_loss, ref_grad = ref_runs[-1][2], reference.ctx.grad.clone()
     chunked = 0 < args.ref_chunk < n_cls
     checks = {"loss_ours": ours_loss, "loss_reference": ref_loss,
-              "loss_rel_diff": abs(ours_loss - ref_loss) / abs(ref_loss), "grad_rel_diff": rel_diff(ours_grad, ref_grad),
+              "loss_rel_diff": abs(ours_loss - ref_loss) / abs(ref_loss),
+              "grad_rel_diff": rel_diff(ours_grad, ref_grad),
               "grad_norm": float(ref_grad.norm())}
     lengths = learner.tokens.mask.sum(1)
     tokens_ours = learner.n_shared + int((lengths - learner.n_shared).sum())
@@ -241,7 +243,8 @@ def run(args: argparse.Namespace) -> dict:
     images = torch.randn(args.batch, 3, size, size, generator=torch.Generator().manual_seed(args.seed)).to(device)
     result = {**machine(), "setup": {"arch": args.arch, "weights": "random init (open_clip.create_model)",
                                      "n_ctx": args.n_ctx, "batch": args.batch, "tau": TAU, "sgd": SGD,
-                                     "dtype": "bfloat16 autocast (ours)" if args.amp else "float32", "compile": args.compile,
+                                     "dtype": "bfloat16 autocast (ours)" if args.amp else "float32",
+                                     "compile": args.compile,
                                      "device": str(device), "tolerance": args.tolerance}, "rows": []}
     for n_cls in args.k:
         ref_repeats = args.ref_repeats_large if n_cls >= args.large_k and args.ref_repeats_large else args.repeats

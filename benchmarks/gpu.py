@@ -89,7 +89,8 @@ def train_rows(result: dict, precision: str, peak: dict | None, ceiling: dict) -
 
 def table(rows: list[dict]) -> str:
     pct = lambda x: "-" if x is None else f"{100 * x:.1f}%"  # noqa: E731
-    lines = ["| K | ours precision | ours s | ours TFLOP/s (peak, ceiling) | ref s (fp32) | ref TFLOP/s (peak, ceiling) "
+    lines = ["| K | ours precision | ours s | ours TFLOP/s (peak, ceiling) | ref s (fp32) "
+             "| ref TFLOP/s (peak, ceiling) "
              "| speedup | loss / grad rel diff |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(

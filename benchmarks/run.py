@@ -35,7 +35,8 @@ from deltaenergy.io import atomic_path, write_json
 
 # (quick, full) arguments of each item; chosen so the suite fits its time on 2 unloaded cores
 # (the reference's K=1000 step takes minutes: one timed step there, 3 below; no reference warm-up)
-TRAIN = (["--k", "10", "100", "--repeats", "3", "--ref-warmup-max-k", "0", "--ref-repeats-large", "1", "--large-k", "100"],
+TRAIN = (["--k", "10", "100", "--repeats", "3", "--ref-warmup-max-k", "0", "--ref-repeats-large", "1",
+          "--large-k", "100"],
          ["--k", "10", "100", "1000", "--repeats", "3", "--ref-warmup-max-k", "0", "--ref-repeats-large", "1"])
 FEATURES = (["--images", "16", "--repeats", "1"], ["--images", "32", "--repeats", "3"])
 SCORES = (["--quick", "--repeats", "3"], ["--repeats", "3"])

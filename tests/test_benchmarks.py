@@ -58,7 +58,8 @@ def test_gpu_script_dry_run(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     [path] = tmp_path.glob("gpu-*-dry.json")
     result = json.loads(path.read_text())
-    assert result["dry"] and set(result["items"]) == {"train_float32", "train_bfloat16", "features", "scores", "hessian"}
+    assert result["dry"]
+    assert set(result["items"]) == {"train_float32", "train_bfloat16", "features", "scores", "hessian"}
     fp32 = result["items"]["train_float32"]["rows"]
     assert [r["K"] for r in fp32] == [3, 40]
     assert all(r["grad_rel_diff"] < 1e-5 and r["ours_tflops"] > 0 and r["reference_tflops"] > 0 for r in fp32)

@@ -206,7 +206,8 @@ def test_shared_prefix_groups_equal_the_concatenating_default(tiny):
     """CoCoOp's image-conditioned prompts: one prefix per image (group), K suffixes each."""
     _, bb = tiny
     learner = ConditionalPromptLearner(bb, MIXED, n_ctx=4, generator=torch.Generator().manual_seed(0))
-    feats = torch.nn.functional.normalize(torch.randn(3, bb.embed_dim, generator=torch.Generator().manual_seed(2)), dim=-1)
+    gen = torch.Generator().manual_seed(2)
+    feats = torch.nn.functional.normalize(torch.randn(3, bb.embed_dim, generator=gen), dim=-1)
     with torch.no_grad():
         shift = learner.meta_net(feats)
         embeds = learner.embed_context(learner.class_context().unsqueeze(0) + shift[:, None, None, :])

@@ -204,7 +204,8 @@ def train_learner(
         feats, local = (t if t is None else t.to(device) for t in _epoch_inputs(plain, views, spec.local, seed, epoch))
         for batch in order.to(device).split(train_cfg["batch_size"]):
             loss, acc, terms = train_step(learner, optimizer, method, feats[batch], labels[batch], tau,
-                                          None if local is None else local[batch], amp, f"at epoch {epoch}, step {step}")
+                                          None if local is None else local[batch], amp,
+                                          f"at epoch {epoch}, step {step}")
             log.append({"epoch": epoch, "step": step, "lr": optimizer.param_groups[0]["lr"],
                         "loss": loss, "acc": acc, **terms})
             step += 1
