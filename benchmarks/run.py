@@ -10,7 +10,8 @@ Runs, in one process and with ``--threads`` torch threads:
 3. every OOD score on 50,000 x 1,000 (bench_scores.py; quick: 5,000 x 1,000);
 4. the Hessian diagnostic, exact vs Hutchinson (bench_hessian.py; fewer context lengths and repeats);
 5. the demo study's time by phase (demo_phases.py, whatever results/demo/benchmarks holds).
-Writes benchmarks/results/<host>-<date>[-quick].json and a markdown summary (.md) next to it; every
+Writes benchmarks/results/<host>-<date>[-quick].json (after each item, ``complete`` false until the
+end) and a markdown summary (.md) next to it (``--summary FILE`` rewrites it from a results file); every
 figure is a median of repeats with min and max. The per-item scripts run alone too (their --help).
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -72,20 +74,27 @@ def hessian_table(result: dict) -> str:
 
 
 def summary(result: dict) -> str:
-    """The markdown summary of a suite result."""
+    """The markdown summary of a suite result (items a stopped run did not reach are named as such)."""
     m, items = result["machine"], result["items"]
-    s = items["scores"]
+    missing = "Not measured: the run stopped before this item."
+    s = items.get("scores")
+    after = f", {result['loadavg_after'][0]:.2f} after" if "loadavg_after" in result else ""
+    wall = f" Suite wall time {result['wall_s']:.0f} s." if "wall_s" in result else " The run did not complete."
     parts = [
         f"# Benchmarks: {m['host']}, {m['timestamp']}{' (quick)' if result['quick'] else ''}",
         f"{m['cpu']}, {m['cpu_count']} CPUs, {m['torch_threads']} torch threads, torch {m['torch']}; 1-minute load "
-        f"average {m['loadavg'][0]:.2f} before, {result['loadavg_after'][0]:.2f} after (other processes inflate "
-        f"times; compare ratios). Suite wall time {result['wall_s']:.0f} s. Command: `{result['command']}`.",
+        f"average {m['loadavg'][0]:.2f} before{after} (other processes inflate times; compare ratios).{wall} "
+        f"Command: `{result['command']}`.",
         "## 1. Prompt-learning step: ours vs CoOp-style reference (ViT-B/16 random init, n_ctx 16, batch 32, fp32)",
-        bench_train.table(items["train"]),
-        "## 2. Feature extraction (ViT-B/16, data loader)", bench_features.table(items["features"]),
-        f"## 3. Scores, N={s['shape']['N']:,} x K={s['shape']['K']:,} (D={s['shape']['D']})", scores_table(s),
-        "## 4. Hessian diagnostic (stand-in CoOp prompt)", hessian_table(items["hessian"]),
-        "## 5. Demo study by phase (Snakemake benchmark files)", demo_phases.table(items["demo_phases"]),
+        bench_train.table(items["train"]) if "train" in items else missing,
+        "## 2. Feature extraction (ViT-B/16, data loader)",
+        bench_features.table(items["features"]) if "features" in items else missing,
+        f"## 3. Scores, N={s['shape']['N']:,} x K={s['shape']['K']:,} (D={s['shape']['D']})" if s else "## 3. Scores",
+        scores_table(s) if s else missing,
+        "## 4. Hessian diagnostic (stand-in CoOp prompt)",
+        hessian_table(items["hessian"]) if "hessian" in items else missing,
+        "## 5. Demo study by phase (Snakemake benchmark files)",
+        demo_phases.table(items["demo_phases"]) if "demo_phases" in items else missing,
     ]
     return "\n\n".join(parts) + "\n"
 
@@ -95,7 +104,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="about 2 minutes instead of about 10")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--summary", type=Path, help="only (re)write the .md summary of this results file")
     args = parser.parse_args(argv)
+    if args.summary:
+        with atomic_path(args.summary.with_suffix(".md")) as tmp:
+            tmp.write_text(summary(json.loads(args.summary.read_text())))
+        return {}
     torch.set_num_threads(args.threads)
     mode = 0 if args.quick else 1
     threads = ["--threads", str(args.threads)]
