@@ -11,7 +11,7 @@ DATA_FILES := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz \
               /usr/share/openclipart/png /usr/share/gimp/2.0/patterns /usr/share/wordnet/index.noun \
               /usr/share/tuxpaint/stamps/animals
 
-.PHONY: setup demo test system-data test-tools lint clean-results
+.PHONY: setup demo test system-data test-tools lint clean-results bench bench-quick
 
 setup: $(VENV)/.installed system-data
 
@@ -54,6 +54,13 @@ test-tools:
 lint: setup
 	$(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check Snakefile workflow/rules
+
+# Benchmarks (README "Performance"): benchmarks/results/<host>-<date>[-quick].json and .md, 2 torch threads.
+bench: setup
+	$(BIN)/python benchmarks/run.py
+
+bench-quick: setup
+	$(BIN)/python benchmarks/run.py --quick
 
 clean-results:
 	rm -rf results/demo .snakemake

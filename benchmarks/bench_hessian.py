@@ -2,7 +2,8 @@
 
 Usage: python benchmarks/bench_hessian.py [--threads 2] [--n-ctx 1 2 4 8] [--repeats 3] [--exact-max-params 1536]
 
-Setup (seeded): PromptLearner on ``standin-conse`` with the 10 Fashion-MNIST class names, random context
+Setup (seeded): PromptLearner on ``standin-conse`` (or, with ``--arch``, a random-init open_clip model) with
+the 10 Fashion-MNIST class names, random context
 (p = n_ctx * 384 parameters), 160 random unit features with random labels, tau = 0.01. Timed:
 1. HVP throughput on the demo prompt (``--demo-n-ctx``): seconds per Hessian-vector product for both HVP
    methods, vmapped in blocks of ``--chunk`` vs a plain loop (chunk 1, no vmap).
@@ -22,13 +23,14 @@ import argparse
 import datetime as dt
 import os
 import socket
-import statistics
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from common import RESULTS, random_clip, stats, timed
 from deltaenergy.backbones import build_backbone
 from deltaenergy.data.classes import FASHION_MNIST_CLASSES
 from deltaenergy.hessian import (
@@ -43,29 +45,13 @@ from deltaenergy.io import write_json
 from deltaenergy.prompts import PromptLearner
 from deltaenergy.provenance import cpu_model
 
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def prompt(backbone, n_ctx: int, n: int, tau: float, seed: int):
+def prompt(backbone, n_ctx: int, n: int, tau: float, seed: int, device: str = "cpu"):
     """(loss_fn, theta, tokens per prompt) of a random-context prompt on n random unit features."""
     gen = torch.Generator().manual_seed(seed)
-    learner = PromptLearner(backbone, FASHION_MNIST_CLASSES, n_ctx=n_ctx, generator=gen)
-    feats = F.normalize(torch.randn(n, backbone.embed_dim, generator=gen), dim=-1)
-    labels = torch.randint(0, len(FASHION_MNIST_CLASSES), (n,), generator=gen)
+    learner = PromptLearner(backbone, FASHION_MNIST_CLASSES, n_ctx=n_ctx, generator=gen).to(device)
+    feats = F.normalize(torch.randn(n, backbone.embed_dim, generator=gen), dim=-1).to(device)
+    labels = torch.randint(0, len(FASHION_MNIST_CLASSES), (n,), generator=gen).to(device)
     return prompt_loss_fn(learner, feats, labels, tau), learner.ctx.detach().flatten(), learner.tokens.ids.shape[1]
-
-
-def timed(fn, repeats: int) -> tuple[list[float], object]:
-    times, out = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return times, out
-
-
-def stats(times: list[float]) -> dict:
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "times_s": times}
 
 
 def hvp_throughput(loss, theta, vectors: int, chunk: int, repeats: int, seed: int) -> list[dict]:
@@ -109,19 +95,26 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--arch", default=None,
+                        help="a random-init open_clip architecture instead of the stand-in (e.g. ViT-B-16)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the JSON result")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     tau = 0.01
 
     load_before = os.getloadavg()
-    backbone = build_backbone("standin-conse")
-    loss, theta, _ = prompt(backbone, args.demo_n_ctx, args.n, tau, args.seed)
+    if args.arch:
+        with tempfile.TemporaryDirectory() as folder:
+            _, backbone = random_clip(args.arch, Path(folder), args.seed, device=args.device)
+    else:
+        backbone = build_backbone("standin-conse").to(args.device)
+    loss, theta, _ = prompt(backbone, args.demo_n_ctx, args.n, tau, args.seed, args.device)
     hvp_rows = hvp_throughput(loss, theta, args.hvp_vectors, args.chunk, args.repeats, args.seed)
 
     rows = []
     for n_ctx in args.n_ctx:
-        loss, theta, length = prompt(backbone, n_ctx, args.n, tau, args.seed)
+        loss, theta, length = prompt(backbone, n_ctx, args.n, tau, args.seed, args.device)
         p = theta.numel()
         row = {"n_ctx": n_ctx, "p": p, "tokens_per_prompt": length, "exact": None}
         common = {"n_probes": args.probes, "seed": args.seed, "chunk": args.chunk}
@@ -146,7 +139,8 @@ def main(argv: list[str] | None = None) -> dict:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "setup": {"backbone": "standin-conse", "classes": len(FASHION_MNIST_CLASSES), "n": args.n, "tau": tau, "dtype": "float32",
+        "setup": {"backbone": f"openclip {args.arch} (random init)" if args.arch else "standin-conse",
+                  "classes": len(FASHION_MNIST_CLASSES), "n": args.n, "tau": tau, "dtype": "float32",
                   "probes": args.probes, "chunk": args.chunk, "demo_n_ctx": args.demo_n_ctx},
         "repeats": args.repeats,
         "seed": args.seed,
@@ -161,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
     path = args.out / f"hessian-{result['host']}-{now:%Y%m%d}.json"
     write_json(path, result)
 
-    print(f"\nstandin-conse prompt, K={len(FASHION_MNIST_CLASSES)}, N={args.n}, float32, {result['torch_threads']} torch "
+    print(f"\n{result['setup']['backbone']} prompt, K={len(FASHION_MNIST_CLASSES)}, N={args.n}, float32, {result['torch_threads']} torch "
           f"threads, {result['cpu']}, 1-min load average {load_before[0]:.2f} -> {result['loadavg_after'][0]:.2f}\n")
     print(f"HVP throughput, demo prompt n_ctx={args.demo_n_ctx} ({args.hvp_vectors} vectors)\n")
     print("| method | block | vmap | median s/HVP | min | max |\n|---|---:|---|---:|---:|---:|")

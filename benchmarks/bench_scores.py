@@ -17,19 +17,16 @@ import argparse
 import datetime as dt
 import os
 import socket
-import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from common import RESULTS, stats
 from deltaenergy.io import write_json
 from deltaenergy.provenance import cpu_model
 from deltaenergy.scores import SCORES, compute_score
-
-RESULTS = Path(__file__).resolve().parent / "results"
-
 
 def unit(gen: torch.Generator, *shape: int) -> torch.Tensor:
     """L2-normalised (last dim) standard-normal float32 draws."""
@@ -80,10 +77,13 @@ def time_case(name: str, sims: torch.Tensor, kwargs: dict, repeats: int) -> list
     """Seconds of ``repeats`` calls after one warm-up call."""
     out = compute_score(name, sims, **kwargs)
     assert out.shape == (sims.shape[0],) and bool(torch.isfinite(out).all()), name
+    sync = torch.cuda.synchronize if sims.is_cuda else (lambda: None)
     times = []
     for _ in range(repeats):
+        sync()
         start = time.perf_counter()
         compute_score(name, sims, **kwargs)
+        sync()
         times.append(time.perf_counter() - start)
     return times
 
@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="where the scores run (inputs are built on the CPU)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the JSON result")
     args = parser.parse_args(argv)
     n = 5_000 if args.quick else args.n
@@ -107,13 +108,14 @@ def main(argv: list[str] | None = None) -> dict:
     load_before = os.getloadavg()
     start = time.perf_counter()
     x, build = build_inputs(n, args.k, args.d, args.patches, args.neg, args.seed)
+    x = {k: ({m: t.to(args.device) for m, t in v.items()} if isinstance(v, dict) else v.to(args.device))
+         for k, v in x.items()}
     build["inputs_s"] = time.perf_counter() - start
     rows = []
     for label, name, kwargs in cases(x, args.neg):
         times = time_case(name, x["sims"], kwargs, args.repeats)
         params = {k: v for k, v in kwargs.items() if not isinstance(v, torch.Tensor)}
-        rows.append({"row": label, "score": name, "params": params, "median_s": statistics.median(times),
-                     "min_s": min(times), "max_s": max(times), "times_s": times})
+        rows.append({"row": label, "score": name, "params": params, **stats(times)})
     now = dt.datetime.now()
     result = {
         "host": socket.gethostname(),
@@ -125,6 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
         "numpy": np.__version__,
         "shape": {"N": n, "K": args.k, "D": args.d, "P": args.patches, "M": args.neg},
         "dtype": "float32",
+        "device": args.device,
         "repeats": args.repeats,
         "seed": args.seed,
         "loadavg_before": load_before,

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from deltaenergy.backbones import Backbone, Tokens, build_backbone
-from deltaenergy.prompts import PLACEHOLDER, PromptLearner
+from deltaenergy.prompts import PLACEHOLDER, ConditionalPromptLearner, PromptLearner
 from deltaenergy.provenance import sha256_file
 
 TINY = Path(__file__).parent / "fixtures" / "openclip" / "tiny-vit.json"
@@ -169,3 +169,61 @@ def test_names_ending_in_punctuation_follow_the_equivalent_text(tiny):
         with torch.no_grad():
             ref = model.encode_text(open_clip.get_tokenizer("tiny-vit")(texts), normalize=True)
             torch.testing.assert_close(learner(), ref, atol=1e-5, rtol=0)
+
+
+# Shared-prefix encoding (OpenClipBackbone.encode_prefixed): the SOT and the context before the name run once,
+# prompts run in buckets of equal length, the last block computes only the EOT rows. Compared in float64 with
+# the plain full-sequence forward (``encode_token_embeddings``, itself checked against open_clip's
+# ``encode_text`` above and in test_openclip_backbone.py) and with the base class's concatenating default.
+MIXED = ["dog", "cat", "ankle boot", "T-shirt/top", "St. Bernard", "great white shark", "ox", "kite (bird of prey)"]
+
+
+@pytest.mark.parametrize("position", ["end", "middle", "front"])
+@pytest.mark.parametrize("class_specific", [False, True])
+def test_shared_prefix_equals_full_forward_values_and_gradients(tiny, position, class_specific, monkeypatch):
+    _, bb = tiny
+    monkeypatch.setattr(Backbone, "encode_prefixed", lambda *a: pytest.fail("took the concatenating fallback"))
+    bb = bb.double()
+    try:
+        learner = PromptLearner(bb, MIXED, n_ctx=16, generator=torch.Generator().manual_seed(0),
+                                class_token_position=position, class_specific=class_specific).double()
+        assert len(set(learner.tokens.mask.sum(1).tolist())) >= 4  # several length buckets
+        weights = torch.randn(len(MIXED), bb.embed_dim, generator=torch.Generator().manual_seed(1),
+                              dtype=torch.float64)
+        fast = learner()
+        (fast * weights).sum().backward()
+        fast_grad, learner.ctx.grad = learner.ctx.grad, None
+        full = bb.encode_token_embeddings(learner.prompt_embeddings(), learner.tokens)
+        (full * weights).sum().backward()
+        torch.testing.assert_close(fast, full, atol=1e-12, rtol=0)
+        torch.testing.assert_close(fast_grad, learner.ctx.grad, atol=1e-12, rtol=1e-10)
+        assert fast_grad.abs().sum() > 0
+    finally:
+        bb.float()
+
+
+def test_shared_prefix_groups_equal_the_concatenating_default(tiny):
+    """CoCoOp's image-conditioned prompts: one prefix per image (group), K suffixes each."""
+    _, bb = tiny
+    learner = ConditionalPromptLearner(bb, MIXED, n_ctx=4, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(2)
+    feats = torch.nn.functional.normalize(torch.randn(3, bb.embed_dim, generator=gen), dim=-1)
+    with torch.no_grad():
+        shift = learner.meta_net(feats)
+        embeds = learner.embed_context(learner.class_context().unsqueeze(0) + shift[:, None, None, :])
+        shared = learner.n_shared
+        default = Backbone.encode_prefixed(bb, embeds[:, 0, :shared], embeds[:, :, shared:], learner.tokens)
+        per_image = torch.stack([bb.encode_token_embeddings(e, learner.tokens) for e in embeds])
+        out = learner(feats)
+    assert out.shape == (3, len(MIXED), bb.embed_dim)
+    torch.testing.assert_close(default, per_image, atol=1e-6, rtol=0)
+    torch.testing.assert_close(out, per_image, atol=1e-5, rtol=0)
+
+
+def test_shared_prefix_matches_open_clip_encode_text_with_many_lengths(tiny):
+    model, bb = tiny
+    learner = PromptLearner(bb, MIXED, ctx_init="a photo of a")
+    with torch.no_grad():
+        ref = model.encode_text(open_clip.get_tokenizer("tiny-vit")([f"a photo of a {n}." for n in MIXED]),
+                                normalize=True)
+        torch.testing.assert_close(learner(), ref, atol=1e-5, rtol=0)

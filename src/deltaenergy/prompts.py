@@ -73,6 +73,9 @@ class PromptLearner(torch.nn.Module):
         if n_ctx < 1:
             raise ValueError(f"prompt.n_ctx: must be >= 1, got {n_ctx} (ctx_init={ctx_init!r})")
         self.n_ctx = n_ctx
+        # SOT and the context before the name: the same tokens in every prompt unless the context is per class
+        self.n_shared = 1 if self.class_specific else 1 + {"end": n_ctx, "front": 0, "middle": n_ctx // 2}[
+            class_token_position]
         self.tokens, ctx_index = self._layout(backbone, list(classnames), n_ctx, class_token_position)
         with torch.no_grad():
             embeds = backbone.token_embeddings(self.tokens.ids)
@@ -141,9 +144,15 @@ class PromptLearner(torch.nn.Module):
         """Input embeddings ``[K, L, W]`` of the prompts under the current context."""
         return self.embed_context(self.class_context())
 
+    def encode(self, embeds: torch.Tensor) -> torch.Tensor:
+        """Features ``[G, K, D]`` of prompt embeddings ``[G, K, L, W]`` whose first ``n_shared`` positions are
+        the same for all K classes of a group: the backbone encodes that shared prefix once per group."""
+        shared = self.n_shared
+        return self.backbone.encode_prefixed(embeds[:, 0, :shared], embeds[:, :, shared:], self.tokens)
+
     def forward(self) -> torch.Tensor:
         """Normalised class text features ``[K, D]`` under the current context."""
-        return self.backbone.encode_token_embeddings(self.prompt_embeddings(), self.tokens)
+        return self.encode(self.prompt_embeddings().unsqueeze(0))[0]
 
     def learned_parameters(self) -> dict[str, torch.nn.Parameter]:
         """The trained parameters by name (the optimizer's and the checkpoint's order)."""
@@ -213,12 +222,9 @@ class ConditionalPromptLearner(PromptLearner):
             raise ValueError(
                 f"ConditionalPromptLearner: expected image features [B, D], got {tuple(image_feats.shape)}"
             )
-        n_img = image_feats.shape[0]
         shift = self.meta_net(image_feats.to(self.meta_net[0].weight.dtype))  # [B, W]
         ctx = self.class_context().unsqueeze(0) + shift[:, None, None, :].to(self.ctx.dtype)  # [B, K, n, W]
-        embeds = self.embed_context(ctx).flatten(0, 1)  # [B*K, L, W], image-major
-        tokens = Tokens(ids=self.tokens.ids.repeat(n_img, 1), mask=self.tokens.mask.repeat(n_img, 1))
-        return self.backbone.encode_token_embeddings(embeds, tokens).unflatten(0, (n_img, -1))
+        return self.encode(self.embed_context(ctx))  # one group of K prompts per image
 
     def learned_parameters(self) -> dict[str, torch.nn.Parameter]:
         """The context, then the meta-net's weights and biases."""

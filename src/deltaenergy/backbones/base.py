@@ -6,7 +6,8 @@ Conventions:
 - The text side is split so prompt learners can replace token embeddings: ``tokenize`` gives ids and an
   attention mask, ``token_embeddings`` maps ids to the encoder's input embeddings ``[K, L, W]``, and
   ``encode_token_embeddings`` runs the text encoder on such embeddings and returns L2-normalised
-  ``[K, D]`` features. ``encode_text(texts)`` equals the composition of the three.
+  ``[K, D]`` features. ``encode_text(texts)`` equals the composition of the three. ``encode_prefixed``
+  encodes prompts that share a prefix (a learner's generic context); it equals the plain encoding.
 - ``image_forward_count`` counts images that went through the image tower in this process; the feature
   rule records it so a test can prove every image is encoded exactly once per study.
 """
@@ -65,6 +66,19 @@ class Backbone(torch.nn.Module, abc.ABC):
     @abc.abstractmethod
     def encode_token_embeddings(self, embeds: torch.Tensor, tokens: Tokens) -> torch.Tensor:
         """Text features ``[K, D]`` (L2-normalised) from input embeddings that follow ``tokens``' layout."""
+
+    def encode_prefixed(self, prefix: torch.Tensor, suffix: torch.Tensor, tokens: Tokens) -> torch.Tensor:
+        """Text features ``[G, K, D]`` of the G·K prompts ``cat(prefix[g], suffix[g, k])``.
+
+        ``prefix`` ``[G, P, W]`` is shared by the K prompts of group g, ``suffix`` is ``[G, K, L - P, W]`` and
+        ``tokens`` the K prompts' layout ``[K, L]`` (every prompt ends after P). Equals
+        ``encode_token_embeddings`` of the concatenation (this default computes exactly that); causal text
+        towers override it to run the shared prefix once per group instead of once per prompt.
+        """
+        n_group, n_cls = suffix.shape[:2]
+        embeds = torch.cat([prefix.unsqueeze(1).expand(-1, n_cls, -1, -1), suffix], dim=2).flatten(0, 1)
+        repeated = Tokens(ids=tokens.ids.repeat(n_group, 1), mask=tokens.mask.repeat(n_group, 1))
+        return self.encode_token_embeddings(embeds, repeated).unflatten(0, (n_group, n_cls))
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         """L2-normalised text features ``[K, D]`` of plain texts."""

@@ -37,6 +37,7 @@ import os
 import re
 import warnings
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import open_clip
@@ -174,6 +175,79 @@ def _check_supported(name: str, cfg: dict, local_features: bool) -> None:
             f"backbone.local_features: {name} has no ViT image tower, so there are no patch features; "
             f"set backbone.local_features: false (GL-MCM and LoCoOp then cannot run) or use a ViT architecture"
         )
+
+
+@dataclass(frozen=True)
+class _Packing:
+    """Where the K suffixes live: packed rows (valid positions only, prompt after prompt) for the row-wise
+    parts of a block, a padded ``[K, S]`` grid for attention. ``grid`` ``[K, S]`` packed row of each grid
+    cell (0 where past the prompt's end), ``keep`` ``[K, 1, S, S]`` which suffix keys each grid row sees
+    (causal, within the prompt), ``cells`` ``[R]`` grid cell (k·S + s) of each packed row, ``eot`` ``[K]``
+    packed row and ``last_step`` ``[K]`` grid column of each prompt's EOT."""
+
+    grid: torch.Tensor
+    keep: torch.Tensor
+    cells: torch.Tensor
+    eot: torch.Tensor
+    last_step: torch.Tensor
+
+    @classmethod
+    def of(cls, suffix_lengths: torch.Tensor) -> "_Packing":
+        n_suf = int(suffix_lengths.max())
+        steps = torch.arange(n_suf, device=suffix_lengths.device)
+        valid = steps[None, :] < suffix_lengths[:, None]  # [K, S]
+        starts = suffix_lengths.cumsum(0) - suffix_lengths
+        grid = torch.where(valid, starts[:, None] + steps[None, :], 0)
+        causal = steps[None, :] <= steps[:, None]
+        return cls(grid=grid, keep=(causal[None] & valid[:, None, :]).unsqueeze(1),
+                   cells=torch.nonzero(valid.flatten()).flatten(), eot=starts + suffix_lengths - 1,
+                   last_step=suffix_lengths - 1)
+
+
+def _prefixed_block(
+    block: ResidualAttentionBlock, x: torch.Tensor, n_pre: int, pack: _Packing, last: bool
+) -> torch.Tensor:
+    """One causal ``ResidualAttentionBlock`` over ``x`` ``[G, P + R, W]``: a group's shared prefix rows, then
+    the packed suffix rows of its K prompts (see :class:`_Packing`).
+
+    Suffix row s of a prompt attends to the P prefix rows of its group and to its own suffix rows <= s.
+    Layer norms, projections and the MLP run once over all rows; attention runs on the padded grid. With
+    ``last`` only each prompt's EOT row is computed and returned (``[G, K, W]``); the prefix rows, which
+    nothing reads afterwards, are dropped.
+    """
+    attn = block.attn
+    n_group, width = x.shape[0], x.shape[-1]
+    n_cls, n_suf = pack.grid.shape
+    heads = attn.num_heads
+    dim = width // heads
+
+    def split(t: torch.Tensor) -> torch.Tensor:  # [..., R, W] -> [..., heads, R, dim]
+        return t.unflatten(-1, (heads, dim)).transpose(-3, -2)
+
+    def merge(t: torch.Tensor) -> torch.Tensor:  # [..., heads, R, dim] -> [..., R, W]
+        return t.transpose(-3, -2).flatten(-2)
+
+    qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)
+    q_pre, k_pre, v_pre = map(split, qkv[:, :n_pre].chunk(3, dim=-1))  # [G, h, P, d]
+    q, k, v = map(split, qkv[:, n_pre:][:, pack.grid].chunk(3, dim=-1))  # [G, K, h, S, d]
+    keep = pack.keep
+    if last:  # only each prompt's EOT query (grid column ``last_step``)
+        q = q.gather(-2, pack.last_step.view(1, n_cls, 1, 1, 1).expand(n_group, n_cls, heads, 1, dim))
+        keep = keep.gather(-2, pack.last_step.view(n_cls, 1, 1, 1).expand(n_cls, 1, 1, n_suf))
+    # scores against the group's prefix keys in one matmul per group (prefix keys are not copied per prompt)
+    s_pre = (q.transpose(1, 2).flatten(2, 3) @ k_pre.transpose(-1, -2)).unflatten(2, (n_cls, -1)).transpose(1, 2)
+    s_suf = (q @ k.transpose(-1, -2)).masked_fill(~keep, float("-inf"))
+    probs = (torch.cat([s_pre, s_suf], dim=-1) * dim**-0.5).softmax(dim=-1)  # [G, K, h, S or 1, P + S]
+    p_pre, p_suf = probs.split([n_pre, n_suf], dim=-1)
+    from_pre = (p_pre.transpose(1, 2).flatten(2, 3) @ v_pre).unflatten(2, (n_cls, -1)).transpose(1, 2)
+    out = merge(from_pre + p_suf @ v)  # [G, K, S or 1, W]
+    if last:
+        x, out = x[:, n_pre:][:, pack.eot], out[:, :, 0]  # [G, K, W]
+    else:
+        out_pre = merge(F.scaled_dot_product_attention(q_pre, k_pre, v_pre, is_causal=True))
+        out = torch.cat([out_pre, out.flatten(1, 2)[:, pack.cells]], dim=1)  # back to [G, P + R, W]
+    x = x + block.ls_1(attn.out_proj(out))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
 @register_backbone("openclip")
@@ -413,6 +487,43 @@ class OpenClipBackbone(Backbone):
         x = tower.transformer(x, attn_mask=tower.attn_mask[:n, :n])
         x = tower.ln_final(x)
         pooled = x[torch.arange(x.shape[0], device=x.device), lengths - 1]
+        proj = tower.text_projection
+        if isinstance(proj, torch.nn.Linear):
+            pooled = proj(pooled)
+        elif proj is not None:
+            pooled = pooled @ proj
+        return F.normalize(pooled, dim=-1)
+
+    def encode_prefixed(self, prefix: torch.Tensor, suffix: torch.Tensor, tokens: Tokens) -> torch.Tensor:
+        """Shared-prefix encoding (see ``Backbone.encode_prefixed``), exact under the causal mask.
+
+        A prefix position attends only to earlier prefix positions, so its hidden states (and keys and
+        values) are the same in all K prompts of a group and are computed once per group; each suffix
+        position attends to the group's prefix keys and its own prompt's earlier suffix keys. Suffix rows
+        are packed (no position after a prompt's EOT is computed) and the last block computes only what the
+        pooled EOT rows need (no prefix rows, one query row per prompt).
+        Towers whose blocks are not open_clip's ``ResidualAttentionBlock`` use the plain encoding.
+        """
+        tower = self.text_tower
+        blocks = tower.transformer.resblocks
+        n_pre = prefix.shape[1]
+        lengths = tokens.mask.to(suffix.device).sum(dim=1)
+        n = int(lengths.max())
+        plain = not all(
+            type(b) is ResidualAttentionBlock and not hasattr(b, "ln_1_kv") and b.attn.in_proj_weight is not None
+            and b.attn.bias_k is None and not b.attn.add_zero_attn for b in blocks
+        )
+        if plain or int(lengths.min()) <= n_pre or n > self.context_length:
+            return super().encode_prefixed(prefix, suffix, tokens)
+        cast = tower.transformer.get_cast_dtype()
+        pos = tower.positional_embedding.to(cast)
+        pack = _Packing.of(lengths - n_pre)
+        # packed rows: the prefix, then every prompt's suffix up to its EOT (no position past an EOT is computed)
+        suf = (suffix[:, :, : n - n_pre].to(cast) + pos[n_pre:n]).flatten(1, 2)[:, pack.cells]
+        x = torch.cat([prefix.to(cast) + pos[:n_pre], suf], dim=1)  # [G, P + R, W]
+        for i, block in enumerate(blocks):
+            x = _prefixed_block(block, x, n_pre, pack, last=i == len(blocks) - 1)
+        pooled = tower.ln_final(x)  # [G, K, W]: the last block returned the EOT rows
         proj = tower.text_projection
         if isinstance(proj, torch.nn.Linear):
             pooled = proj(pooled)

@@ -95,6 +95,44 @@ def build_learner(
     return PromptLearner(*args, **options)
 
 
+def train_step(
+    learner: PromptLearner,
+    optimizer: torch.optim.Optimizer,
+    method: dict,
+    feats: torch.Tensor,
+    labels: torch.Tensor,
+    tau: float,
+    local: torch.Tensor | None = None,
+    amp: bool = True,
+    where: str = "",
+) -> tuple[float, float, dict]:
+    """One optimizer step of ``method`` on a batch of cached features; returns (loss, accuracy, loss terms).
+
+    The text-encoder forward runs under bfloat16 autocast on CUDA when ``amp``. After the step the
+    learned parameters' ``.grad`` hold this batch's gradient. ``where`` (e.g. "at epoch 3, step 40") goes
+    into the :class:`TrainingDiverged` message.
+    """
+    spec = method_spec(method)
+    params = {k: v for k, v in method.items() if k not in ("kind", "train")}
+    with mixed_precision(learner.ctx.device, amp):
+        text = learner(feats) if spec.conditional else learner()
+    text = text.to(feats.dtype)
+    loss, terms = spec.loss(feats, labels, text, tau, params, local=local)
+    where = f"{where} (terms {terms}); lower train.lr or check the features for NaN/inf"
+    if not torch.isfinite(loss):
+        raise TrainingDiverged(f"{method['kind']}: loss became {loss.item()} {where}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    bad = [name for name, p in learner.learned_parameters().items()
+           if p.grad is not None and not torch.isfinite(p.grad).all()]
+    if bad:  # e.g. a NaN in features that a mask kept out of the loss but not out of its gradient
+        raise TrainingDiverged(f"{method['kind']}: gradient of {bad} became NaN/inf {where}")
+    optimizer.step()
+    with torch.no_grad():
+        acc = float((similarities(feats, text).argmax(-1) == labels).float().mean())
+    return loss.item(), acc, terms
+
+
 def train_learner(
     backbone: Backbone,
     classnames: list[str],
@@ -131,7 +169,6 @@ def train_learner(
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     train_cfg = {**train_cfg, **method.get("train", {})}
     amp = train_cfg.get("amp", True)
-    params = {k: v for k, v in method.items() if k not in ("kind", "train")}
     tau = train_cfg["tau"]
     parts = [method, train_cfg, prompt_cfg, seed, classnames, feats.shape, float(feats.sum()), labels.tolist()]
     if spec.local:
@@ -166,25 +203,11 @@ def train_learner(
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
         feats, local = (t if t is None else t.to(device) for t in _epoch_inputs(plain, views, spec.local, seed, epoch))
         for batch in order.to(device).split(train_cfg["batch_size"]):
-            with mixed_precision(device, amp):
-                text = learner(feats[batch]) if spec.conditional else learner()
-            text = text.to(feats.dtype)
-            loss, terms = spec.loss(feats[batch], labels[batch], text, tau, params,
-                                    local=None if local is None else local[batch])
-            where = f"at epoch {epoch}, step {step} (terms {terms}); lower train.lr or check the features for NaN/inf"
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"{method['kind']}: loss became {loss.item()} {where}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            bad = [name for name, p in learner.learned_parameters().items()
-                   if p.grad is not None and not torch.isfinite(p.grad).all()]
-            if bad:  # e.g. a NaN in features that a mask kept out of the loss but not out of its gradient
-                raise TrainingDiverged(f"{method['kind']}: gradient of {bad} became NaN/inf {where}")
-            optimizer.step()
-            with torch.no_grad():
-                acc = float((similarities(feats[batch], text).argmax(-1) == labels[batch]).float().mean())
+            loss, acc, terms = train_step(learner, optimizer, method, feats[batch], labels[batch], tau,
+                                          None if local is None else local[batch], amp,
+                                          f"at epoch {epoch}, step {step}")
             log.append({"epoch": epoch, "step": step, "lr": optimizer.param_groups[0]["lr"],
-                        "loss": loss.item(), "acc": acc, **terms})
+                        "loss": loss, "acc": acc, **terms})
             step += 1
         state = {"fingerprint": run_id, "learned": learner.learned_state(), "optimizer": optimizer.state_dict(),
                  "epoch": epoch + 1, "log": log}
