@@ -29,7 +29,8 @@ def score_table(
     scores: dict,
     neg_text: torch.Tensor | None = None,
     chunk: int = 4096,
-) -> pd.DataFrame:
+    return_sims: bool = False,
+) -> pd.DataFrame | tuple[pd.DataFrame, torch.Tensor]:
     """Score every evaluated row of ``manifest`` under the ``scores`` config.
 
     ``feats``: cached features in manifest order, ``global`` [N, D] and optionally ``local`` [N, P, D];
@@ -38,11 +39,13 @@ def score_table(
     global and local similarities then use each image's own text, and ``text_features`` is not passed
     to the scores); ``neg_text`` [M, D] NegLabel's negative-label features. Rows are processed in chunks
     so local similarities (chunk × P × K) and per-image text (chunk × K × D) never exceed memory.
+    With ``return_sims``, also the cosine similarities ``[n, K]`` of the table's rows (what further
+    scores, e.g. the ΔEnergy c sweep, reuse instead of running the text tower again).
     """
     keep = (manifest["role"] != "id") | manifest["split"].isin(["val", "test"])
     rows = torch.from_numpy(np.flatnonzero(keep.to_numpy()))
     table = manifest.iloc[rows.numpy()][["path", "dataset", "split", "role", "label"]].reset_index(drop=True)
-    preds, columns = [], {name: [] for name in scores}
+    preds, all_sims, columns = [], [], {name: [] for name in scores}
     for part in rows.split(chunk):
         image = feats["global"][part]
         if callable(text):
@@ -59,12 +62,15 @@ def score_table(
         if neg_text is not None:
             extras["neg_sims"] = image @ neg_text.T
         preds.append(sims.argmax(dim=-1))
+        all_sims.append(sims)
         for column, spec in scores.items():
             params = {k: v for k, v in spec.items() if k != "score"}
             columns[column].append(compute_score(spec["score"], sims, **params, **extras))
     table["pred"] = torch.cat(preds).numpy()
     for column, parts in columns.items():
         table[column] = torch.cat(parts).double().numpy()
+    if return_sims:
+        return table, torch.cat(all_sims)
     return table
 
 
