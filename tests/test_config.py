@@ -83,6 +83,14 @@ def test_load_config_names_the_file(tmp_path, demo):
         (lambda c: c["ablations"]["c_sweep"].update(c=[1, 11]), "config key 'ablations.c_sweep.c': [11] exceed"),
         (lambda c: c["ablations"]["ebm_grid"].update(base="coop"), "methods.coop is of kind 'coop'"),
         (lambda c: c["ablations"]["ebm_grid"].update(seed=7), "config key 'ablations.ebm_grid.seed'"),
+        (lambda c: c["fewshot"].update(method_shots={"maple": [16]}),
+         "config key 'fewshot.method_shots': method 'maple' was not trained"),
+        (lambda c: c["fewshot"].update(method_shots={"cocoop": [8, 16]}),
+         "config key 'fewshot.method_shots.cocoop': [8] not in fewshot.shots"),
+        (lambda c: c["fewshot"].update(method_shots={"cocoop": [4]}),
+         "config key 'fewshot.method_shots.cocoop': [4] lacks [16], the shot count of the diagnostics"),
+        (lambda c: c["diagnostics"].update(shots=4) or c["ablations"]["ebm_grid"].update(shots=16)
+         or c["fewshot"].update(method_shots={"coop": [4]}), "'fewshot.method_shots.coop': [4] lacks [16]"),
     ],
 )
 def test_diagnostics_requests_are_checked(demo, edit, message):
@@ -105,6 +113,14 @@ def test_diagnostics_nulls_resolve_to_the_study(demo):
     assert bare["diagnostics"]["hessian"]["methods"] == [m for m, spec in demo["methods"].items() if spec["kind"] != "cocoop"]
     assert "cocoop" in demo["methods"] and bare["ablations"]["ebm_grid"] is None
     assert ebm_grid_variants(bare) == {}
+
+
+def test_method_shots_filled_for_every_trained_method(demo):
+    demo["fewshot"]["method_shots"] = {"cocoop": [16]}
+    assert validate_config(demo)["fewshot"]["method_shots"] == {"coop": [1, 4, 16], "ebm": [1, 4, 16],
+                                                                 "locoop": [1, 4, 16], "cocoop": [16]}
+    del demo["fewshot"]["method_shots"]
+    assert all(shots == demo["fewshot"]["shots"] for shots in validate_config(demo)["fewshot"]["method_shots"].values())
 
 
 def test_ebm_grid_variants_change_only_the_grid_keys(demo):

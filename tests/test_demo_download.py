@@ -138,6 +138,7 @@ def _run(tmp: Path, table: dict, targets: list[str]) -> subprocess.CompletedProc
     cfg["benchmark"] = "dl"
     cfg["data"]["sizes"] = SIZES
     cfg["fewshot"]["shots"] = [1]
+    cfg["fewshot"]["method_shots"] = {}  # every method at the one shot count
     (tmp / "config.yaml").write_text(yaml.safe_dump(cfg))
     (tmp / "table.json").write_text(json.dumps(table))
     (tmp / "empty_system").mkdir()

@@ -191,8 +191,13 @@ def test_score_table_takes_per_image_text(backbone, data):
     by_function = score_table(cached, lambda f: text.expand(len(f), -1, -1), manifest, scores, chunk=3)
     pd.testing.assert_frame_equal(by_matrix, by_function, rtol=1e-6)
     learner = _cocoop(backbone)
-    table = score_table(cached, lambda f: image_conditioned_text(learner, f, 2), manifest, scores, chunk=5)
+    table, returned = score_table(cached, lambda f: image_conditioned_text(learner, f, 2), manifest, scores, chunk=5,
+                                  return_sims=True)
     sims = image_conditioned_sims(learner, feats, 4)
+    # the similarities the table was scored from, in its row order (what score_run's c sweep reuses)
+    torch.testing.assert_close(returned, sims, rtol=1e-6, atol=1e-7)
+    pd.testing.assert_frame_equal(table, score_table(cached, lambda f: image_conditioned_text(learner, f, 2), manifest,
+                                                     scores, chunk=5))
     np.testing.assert_array_equal(table["pred"].to_numpy(), sims.argmax(-1).numpy())
     np.testing.assert_allclose(table["msp"].to_numpy(), (sims / 0.01).softmax(-1).amax(-1).double().numpy(), rtol=1e-5)
 

@@ -111,7 +111,7 @@ def test_impossible_combinations_at_their_boundary(demo_cfg):
     pool = demo_cfg["data"]["sizes"]["fashion_mnist"]["train_per_class"]
     ok = copy.deepcopy(demo_cfg)
     ok["scores"]["delta_energy"]["c"] = n_classes
-    ok["fewshot"]["shots"] = [1, pool]
+    ok["fewshot"].update(shots=[1, pool], method_shots={})
     validate_config(ok)
     bad = copy.deepcopy(ok)
     bad["scores"]["delta_energy"]["c"] = n_classes + 1

@@ -191,3 +191,21 @@ def test_bad_options_raise_before_loading():
         StandinConSE(conse_topk=0)
     with pytest.raises(ValueError, match="image_size"):
         StandinConSE(image_size=16)
+
+
+def test_text_jobs_import_neither_open_clip_nor_sentence_transformers():
+    """Building the stand-in and running its text tower (what training and scoring jobs do) imports the
+    backbone registry lazily: open_clip and sentence-transformers cost seconds per job and are not needed."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from deltaenergy.backbones import build_backbone; "
+            "b = build_backbone('standin-conse'); b.encode_text(['a bag']); "
+            "print(sorted(m for m in ('open_clip', 'sentence_transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_unknown_backbone_names_the_known_ones():
+    with pytest.raises(KeyError, match=r"unknown backbone 'clip'; known: \['openclip', 'standin-conse'\]"):
+        build_backbone("clip")

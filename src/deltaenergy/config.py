@@ -59,6 +59,7 @@ def validate_config(config: dict, schema: dict | None = None) -> dict:
     check_method_train(config, schema)
     check_consistency(config)
     resolve_diagnostics(config)
+    resolve_method_shots(config)
     return config
 
 
@@ -187,6 +188,25 @@ def resolve_diagnostics(config: dict) -> None:
     sweep["methods"] = ["zeroshot", *config["methods"]] if sweep["methods"] is None else sweep["methods"]
     if abl["ebm_grid"] is not None and abl["ebm_grid"]["shots"] is None:
         abl["ebm_grid"]["shots"] = diag["shots"]
+
+
+def resolve_method_shots(config: dict) -> None:
+    """Fill ``fewshot.method_shots`` for every trained method (default: all of ``fewshot.shots``), after
+    checking each listed one: a trained method, a subset of ``fewshot.shots`` holding the shot count of
+    the diagnostics (which show every trained method) and of the EBM grid (whose baselines are every
+    trained method)."""
+    fewshot, methods = config["fewshot"], config["methods"]
+    _check_methods("fewshot.method_shots", list(fewshot["method_shots"]), config)
+    needed = {config["diagnostics"]["shots"]}
+    if config["ablations"]["ebm_grid"] is not None:
+        needed.add(config["ablations"]["ebm_grid"]["shots"])
+    for name, shots in fewshot["method_shots"].items():
+        _check_member(f"fewshot.method_shots.{name}", shots, fewshot["shots"], "fewshot.shots")
+        missing = sorted(needed - set(shots))
+        if missing:
+            raise ConfigError(f"config key 'fewshot.method_shots.{name}': {shots} lacks {missing}, the shot count "
+                              f"of the diagnostics / EBM grid (which show every trained method); add it")
+    fewshot["method_shots"] = {name: list(fewshot["method_shots"].get(name, fewshot["shots"])) for name in methods}
 
 
 def ebm_grid_variants(config: dict) -> dict[str, dict]:

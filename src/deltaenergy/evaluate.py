@@ -36,7 +36,8 @@ def score_table(
     neg_text: torch.Tensor | None = None,
     chunk: int = 4096,
     class_subset: list[int] | None = None,
-) -> pd.DataFrame:
+    return_sims: bool = False,
+) -> pd.DataFrame | tuple[pd.DataFrame, torch.Tensor]:
     """Score every evaluated row of ``manifest`` under the ``scores`` config.
 
     ``feats``: cached features in manifest order, ``global`` [N, D] and optionally ``local`` [N, P, D];
@@ -46,11 +47,13 @@ def score_table(
     to the scores); ``neg_text`` [M, D] NegLabel's negative-label features; ``class_subset`` the ID label
     indices this dataset's images can have (adds ``pred_subset``; None = all). Rows are processed in chunks
     so local similarities (chunk × P × K) and per-image text (chunk × K × D) never exceed memory.
+    With ``return_sims``, also the cosine similarities ``[n, K]`` of the table's rows (what further
+    scores, e.g. the ΔEnergy c sweep, reuse instead of running the text tower again).
     """
     keep = (manifest["role"] != "id") | manifest["split"].isin(["val", "test"])
     rows = torch.from_numpy(np.flatnonzero(keep.to_numpy()))
     table = manifest.iloc[rows.numpy()][["path", "dataset", "split", "role", "label"]].reset_index(drop=True)
-    preds, subset_preds, columns = [], [], {name: [] for name in scores}
+    preds, subset_preds, all_sims, columns = [], [], [], {name: [] for name in scores}
     subset = None if class_subset is None else torch.as_tensor(sorted(class_subset), dtype=torch.long)
     for part in rows.split(chunk):
         image = feats["global"][part]
@@ -70,6 +73,7 @@ def score_table(
         preds.append(sims.argmax(dim=-1))
         if subset is not None:
             subset_preds.append(subset[sims[:, subset].argmax(dim=-1)])
+        all_sims.append(sims)
         for column, spec in scores.items():
             params = {k: v for k, v in spec.items() if k != "score"}
             columns[column].append(compute_score(spec["score"], sims, **params, **extras))
@@ -78,6 +82,8 @@ def score_table(
         table["pred_subset"] = torch.cat(subset_preds).numpy()
     for column, parts in columns.items():
         table[column] = torch.cat(parts).double().numpy()
+    if return_sims:
+        return table, torch.cat(all_sims)
     return table
 
 

@@ -20,8 +20,6 @@ import pandas as pd
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from torchvision import transforms
-from torchvision.transforms.v2 import functional as TF
 from tqdm import tqdm
 
 from .backbones import Backbone
@@ -32,6 +30,9 @@ from .io import read_npz, write_json, write_npz
 def augment_view(image: Image.Image, seed: int, scale: tuple[float, float]) -> Image.Image:
     """A random resized crop (area fraction in ``scale``, aspect ratio in [3/4, 4/3], resized back to the
     image's own size) then a horizontal flip with probability 1/2, all drawn from ``seed`` alone."""
+    from torchvision import transforms  # imported here: training jobs import this module, torchvision is slow
+    from torchvision.transforms.v2 import functional as TF
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         top, left, height, width = transforms.RandomResizedCrop.get_params(image, scale=list(scale), ratio=[3 / 4, 4 / 3])

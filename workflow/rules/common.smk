@@ -42,7 +42,10 @@ SEEDS = config["fewshot"]["seeds"]
 ZEROSHOT_METHODS = ["zeroshot", "zeroshot_ensemble"]
 TRAINED_METHODS = list(config["methods"])
 # Zero-shot runs have no shots and no seed: they are filed as shots0_seed0.
-RUNS = [(m, 0, 0) for m in ZEROSHOT_METHODS] + [(m, k, s) for m in TRAINED_METHODS for k in SHOTS for s in SEEDS]
+METHOD_SHOTS = config["fewshot"]["method_shots"]  # every trained method's shot counts (filled by the validation)
+RUNS = [(m, 0, 0) for m in ZEROSHOT_METHODS] + [
+    (m, k, s) for m in TRAINED_METHODS for k in METHOD_SHOTS[m] for s in SEEDS
+]
 
 
 def run_dir(kind, method, shots, seed):

@@ -121,31 +121,18 @@ rule hessian_prompt:
 
 rule c_sweep:
     input:
-        weights=WEIGHTS,
-        features=[features_path(d) for d in [ID_DATASET, *config["data"]["ood"]]],
-        manifests=expand(f"{R}/manifests/{{dataset}}.csv", dataset=[ID_DATASET, *config["data"]["ood"]]),
-        prompts=[f"{run_dir('train', m, k, s)}/prompt.pt" for m, k, s in C_SWEEP_RUNS if k > 0],
+        sweeps=[f"{R}/ablations/c_sweep/{m}/shots{k}_seed{s}.csv" for m, k, s in C_SWEEP_RUNS],
     output:
         f"{R}/ablations/c_sweep.csv",
     params:
         runs=C_SWEEP_RUNS,
-        trained_runs=[f"{m}/shots{k}_seed{s}" for m, k, s in C_SWEEP_RUNS if k > 0],
-        id_dataset=ID_DATASET,
-        c=ABL["c_sweep"]["c"],
-        score=config["scores"][ABL["c_sweep"]["score"]],
-        classnames=ID_CLASSNAMES,
-        methods=config["methods"],
-        zeroshot=config["zeroshot"],
-        prompt=config["prompt"],
-        backbone=config["backbone"],
     log:
         f"{R}/logs/ablations/c_sweep.log",
     benchmark:
         f"{R}/benchmarks/ablations/c_sweep.tsv"
-    threads: 1
     resources:
-        mem_mb=2000,
-        runtime=20,
+        mem_mb=1000,
+        runtime=5,
     conda:
         "../envs/torch.yaml"
     script:
@@ -194,7 +181,7 @@ rule score_ablation:
         prompt=f"{R}/ablations/train/{{method}}/shots{{shots}}_seed{{seed}}/prompt.pt",
         neglabels=rules.mine_negative_labels.output.labels if NEGLABEL_SCORES else [],
     output:
-        [f"{R}/ablations/scores/{{method}}/shots{{shots}}_seed{{seed}}/{d}.parquet" for d in DATASETS],
+        tables=[f"{R}/ablations/scores/{{method}}/shots{{shots}}_seed{{seed}}/{d}.parquet" for d in DATASETS],
     params:
         classnames=ID_CLASSNAMES,
         method=lambda w: EBM_GRID[w.method],

@@ -40,7 +40,9 @@ rule extract_features:
         f"{R}/logs/extract_features/{{dataset}}.log",
     benchmark:
         f"{R}/benchmarks/extract_features/{{dataset}}.tsv"
-    threads: 2
+    # One thread: on the demo's 2 cores two single-threaded jobs beat one two-threaded job, whose second
+    # torch thread spin-waits (fashion_mnist: 104 CPU-s at 2 threads on busy cores vs 68 measured before).
+    threads: 1
     resources:
         mem_mb=4000,
         runtime=60,
@@ -69,7 +71,7 @@ rule extract_views:
         f"{R}/logs/extract_features/{ID_DATASET}_views.log",
     benchmark:
         f"{R}/benchmarks/extract_features/{ID_DATASET}_views.tsv"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=4000,
         runtime=60,

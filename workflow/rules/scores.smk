@@ -39,11 +39,18 @@ rule score_run:
         prompt=prompt_input,
         neglabels=rules.mine_negative_labels.output.labels if NEGLABEL_SCORES else [],
     output:
-        [f"{R}/scores/{{method}}/shots{{shots}}_seed{{seed}}/{d}.parquet" for d in DATASETS],
+        tables=[f"{R}/scores/{{method}}/shots{{shots}}_seed{{seed}}/{d}.parquet" for d in DATASETS],
+        # The run's ΔEnergy c sweep from the same similarities (rule c_sweep gathers the runs it shows):
+        # CoCoOp's per-image text forwards then run once per run, not again for the ablation.
+        c_sweep=f"{R}/ablations/c_sweep/{{method}}/shots{{shots}}_seed{{seed}}.csv",
     params:
         classnames=ID_CLASSNAMES,
         method=lambda w: config["methods"].get(w.method),
         scores=config["scores"],
+        c_sweep={
+            "c": config["ablations"]["c_sweep"]["c"],
+            "score": config["scores"][config["ablations"]["c_sweep"]["score"]],
+        },
         zeroshot=config["zeroshot"],
         prompt=config["prompt"],
         backbone=config["backbone"],

@@ -1,5 +1,6 @@
 """Score every dataset of the study under one run's class text features (zero-shot or learned); a dataset
-whose sidecar names a `class_subset` of the ID classes (ImageNet-A/R) is also classified among those only."""
+whose sidecar names a `class_subset` of the ID classes (ImageNet-A/R) is also classified among those only.
+For score_run, also the run's ΔEnergy c sweep (ablations.c_sweep) from the same similarities."""
 import json
 from pathlib import Path
 
@@ -7,9 +8,10 @@ import torch
 
 from deltaenergy.backbones import build_backbone
 from deltaenergy.data.manifest import read_manifest
+from deltaenergy.diagnostics import delta_energy_c_sweep
 from deltaenergy.evaluate import score_table
 from deltaenergy.features import load_features
-from deltaenergy.io import write_parquet
+from deltaenergy.io import write_csv, write_parquet
 from deltaenergy.logs import log_to
 from deltaenergy.neglabel import load_negative_labels
 from deltaenergy.methods.train import build_learner, load_prompt
@@ -35,11 +37,20 @@ with log_to(snakemake.log[0]):
             text = (lambda f: image_conditioned_text(learner, f)) if isinstance(learner, ConditionalPromptLearner) else learner().cpu()
     neglabels = snakemake.input.neglabels  # the mined-labels file, or empty when no neglabel score is configured
     neg_text = load_negative_labels(neglabels)[1] if neglabels else None
-    inputs = zip(snakemake.input.features, snakemake.input.manifests, snakemake.input.sidecars, snakemake.output)
+    sweep = getattr(params, "c_sweep", None)  # score_ablation has none
+    id_sims, ood_sims = None, {}
+    inputs = zip(snakemake.input.features, snakemake.input.manifests, snakemake.input.sidecars, snakemake.output.tables)
     for features, manifest, sidecar, out in inputs:
         subset = json.loads(Path(sidecar).read_text()).get("class_subset")
         subset = subset if subset and len(subset) < len(params.classnames) else None
-        table = score_table(load_features(features), text, read_manifest(manifest), params.scores, neg_text,
-                            class_subset=subset)
+        table, sims = score_table(load_features(features), text, read_manifest(manifest), params.scores, neg_text,
+                                  class_subset=subset, return_sims=True)
         write_parquet(out, table)
         print(f"{out}: {len(table)} rows" + (f", also classified among its {len(subset)} classes" if subset else ""))
+        if table["role"].iloc[0] == "id":
+            id_sims = sims[torch.from_numpy((table["split"] == "test").to_numpy())]
+        elif table["role"].iloc[0] == "ood":
+            ood_sims[table["dataset"].iloc[0]] = sims
+    if sweep is not None:
+        write_csv(snakemake.output.c_sweep, delta_energy_c_sweep(id_sims, ood_sims, sweep["c"], sweep["score"]["tau"],
+                                                                 sweep["score"]["reset_value"]))

