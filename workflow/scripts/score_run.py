@@ -1,6 +1,5 @@
 """Score every dataset of the study under one run's class text features (zero-shot or learned); a dataset
-whose sidecar names a `class_subset` of the ID classes (ImageNet-A/R) is also classified among those only."""
-import json
+with a class subset (params.class_subsets: ImageNet-A/R) is also classified among those classes only."""
 from pathlib import Path
 
 import torch
@@ -35,10 +34,8 @@ with log_to(snakemake.log[0]):
             text = (lambda f: image_conditioned_text(learner, f)) if isinstance(learner, ConditionalPromptLearner) else learner().cpu()
     neglabels = snakemake.input.neglabels  # the mined-labels file, or empty when no neglabel score is configured
     neg_text = load_negative_labels(neglabels)[1] if neglabels else None
-    inputs = zip(snakemake.input.features, snakemake.input.manifests, snakemake.input.sidecars, snakemake.output)
-    for features, manifest, sidecar, out in inputs:
-        subset = json.loads(Path(sidecar).read_text()).get("class_subset")
-        subset = subset if subset and len(subset) < len(params.classnames) else None
+    for features, manifest, out in zip(snakemake.input.features, snakemake.input.manifests, snakemake.output):
+        subset = params.class_subsets.get(Path(out).stem)
         table = score_table(load_features(features), text, read_manifest(manifest), params.scores, neg_text,
                             class_subset=subset)
         write_parquet(out, table)
