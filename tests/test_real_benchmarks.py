@@ -26,7 +26,7 @@ import miniatures
 from conftest import ROOT, SNAKEMAKE
 from deltaenergy.config import ConfigError, study_configs, validate_config
 from deltaenergy.data import protocols
-from deltaenergy.data.classes import id_class_names
+from deltaenergy.data.classes import class_subset, id_class_names
 from deltaenergy.data.sources import SOURCES_OVERRIDE_ENV
 from deltaenergy.evaluate import metrics_tables, score_table
 from deltaenergy.provenance import sha256_file
@@ -98,6 +98,15 @@ def test_real_configs_describe_the_paper_protocols():
     assert set(pacs.values()) == {(7, (16,))} and set(vlcs.values()) == {(5, (16,))}
     assert {s.removeprefix("pacs_") for s in pacs} == set(protocols.PACS_DOMAINS)
     assert {s.removeprefix("vlcs_") for s in vlcs} == set(protocols.VLCS_DOMAINS)
+    # ImageNet-A/R are classified among their 200 classes by protocol (whatever folders a copy holds).
+    wnids, _ = protocols.imagenet_classes()
+    main = validate_config(_config("imagenet1k"))["data"]
+    assert class_subset("imagenet_a", main) == sorted(wnids.index(w) for w in protocols.imagenet_a_r_wnids("imagenet_a"))
+    assert class_subset("imagenet_v2", main) is None and class_subset("imagenet1k", main) is None
+    split = study_configs(_config("hard_ood"))["split40"]["data"]
+    id_wnids = [wnids[i] for i in protocols.hard_split(1, 0.4)[0]]
+    subset = class_subset("imagenet_r", split)
+    assert [id_wnids[i] for i in subset] == sorted(set(id_wnids) & set(protocols.imagenet_a_r_wnids("imagenet_r")))
 
 
 def test_config_errors_name_the_study_and_key():

@@ -20,7 +20,7 @@ os.environ.update(
 )
 
 from deltaenergy.config import validate_config, ConfigError  # noqa: E402
-from deltaenergy.data.classes import id_class_names  # noqa: E402
+from deltaenergy.data.classes import class_subset, id_class_names  # noqa: E402
 from deltaenergy.data.sources import DATASET_SOURCES, FETCHED_DATA_ENV, SOURCES, system_available  # noqa: E402
 
 try:
@@ -37,6 +37,8 @@ ID_DATASET = config["data"]["id"]
 # The prompts' class names in label order: the demo's static list, or the registry protocol's ID classes.
 ID_CLASSNAMES = id_class_names(config["data"])
 DATASETS = [ID_DATASET, *config["data"]["covariate"], *config["data"]["ood"]]
+# Sets classified among their own classes too (ImageNet-A/R: <set> and <set>@all in accuracy.csv).
+CLASS_SUBSETS = {d: subset for d in DATASETS if (subset := class_subset(d, config["data"])) is not None}
 SHOTS = config["fewshot"]["shots"]
 SEEDS = config["fewshot"]["seeds"]
 ZEROSHOT_METHODS = ["zeroshot", "zeroshot_ensemble"]

@@ -177,7 +177,6 @@ rule score_ablation:
         weights=WEIGHTS,
         features=[features_path(d) for d in DATASETS],
         manifests=expand(f"{R}/manifests/{{dataset}}.csv", dataset=DATASETS),
-        sidecars=expand(f"{R}/manifests/{{dataset}}.csv.json", dataset=DATASETS),
         prompt=f"{R}/ablations/train/{{method}}/shots{{shots}}_seed{{seed}}/prompt.pt",
         neglabels=rules.mine_negative_labels.output.labels if NEGLABEL_SCORES else [],
     output:
@@ -186,6 +185,7 @@ rule score_ablation:
         classnames=ID_CLASSNAMES,
         method=lambda w: EBM_GRID[w.method],
         scores=config["scores"],
+        class_subsets=CLASS_SUBSETS,
         zeroshot=config["zeroshot"],
         prompt=config["prompt"],
         backbone=config["backbone"],

@@ -35,7 +35,6 @@ rule score_run:
         weights=WEIGHTS,
         features=[features_path(d) for d in DATASETS],
         manifests=expand(f"{R}/manifests/{{dataset}}.csv", dataset=DATASETS),
-        sidecars=expand(f"{R}/manifests/{{dataset}}.csv.json", dataset=DATASETS),
         prompt=prompt_input,
         neglabels=rules.mine_negative_labels.output.labels if NEGLABEL_SCORES else [],
     output:
@@ -51,6 +50,7 @@ rule score_run:
             "c": config["ablations"]["c_sweep"]["c"],
             "score": config["scores"][config["ablations"]["c_sweep"]["score"]],
         },
+        class_subsets=CLASS_SUBSETS,
         zeroshot=config["zeroshot"],
         prompt=config["prompt"],
         backbone=config["backbone"],

@@ -1,7 +1,6 @@
 """Score every dataset of the study under one run's class text features (zero-shot or learned); a dataset
-whose sidecar names a `class_subset` of the ID classes (ImageNet-A/R) is also classified among those only.
+with a class subset (params.class_subsets: ImageNet-A/R) is also classified among those classes only.
 For score_run, also the run's ΔEnergy c sweep (ablations.c_sweep) from the same similarities."""
-import json
 from pathlib import Path
 
 import torch
@@ -39,10 +38,8 @@ with log_to(snakemake.log[0]):
     neg_text = load_negative_labels(neglabels)[1] if neglabels else None
     sweep = getattr(params, "c_sweep", None)  # score_ablation has none
     id_sims, ood_sims = None, {}
-    inputs = zip(snakemake.input.features, snakemake.input.manifests, snakemake.input.sidecars, snakemake.output.tables)
-    for features, manifest, sidecar, out in inputs:
-        subset = json.loads(Path(sidecar).read_text()).get("class_subset")
-        subset = subset if subset and len(subset) < len(params.classnames) else None
+    for features, manifest, out in zip(snakemake.input.features, snakemake.input.manifests, snakemake.output.tables):
+        subset = params.class_subsets.get(Path(out).stem)
         table, sims = score_table(load_features(features), text, read_manifest(manifest), params.scores, neg_text,
                                   class_subset=subset, return_sims=True)
         write_parquet(out, table)
