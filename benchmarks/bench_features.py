@@ -24,9 +24,8 @@ import torch
 from PIL import Image
 
 from bench_train import count_flops
-from common import RESULTS, machine, random_clip, stats, timed
+from common import RESULTS, machine, random_clip, save_result, stats, timed
 from deltaenergy.features import extract_features
-from deltaenergy.io import write_json
 
 PROVENANCE = Path(__file__).resolve().parents[1] / "results" / "demo" / "provenance.json"
 
@@ -114,10 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser().parse_args(argv)
     result = run(args)
     print("\n" + table(result))
-    if str(args.out) != "-":
-        path = args.out / f"features-{result['host']}-{time.strftime('%Y%m%d')}.json"
-        write_json(path, result)
-        print(f"wrote {path}")
+    save_result(args.out, "features", result)
     return result
 
 

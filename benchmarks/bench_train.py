@@ -34,8 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import RESULTS, machine, random_clip, stats
-from deltaenergy.io import write_json
+from common import RESULTS, machine, random_clip, save_result, stats
 from deltaenergy.methods.train import train_step
 from deltaenergy.prompts import PromptLearner
 
@@ -278,10 +277,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser().parse_args(argv)
     result = run(args)
     print("\n" + table(result))
-    if str(args.out) != "-":
-        path = args.out / f"train-{result['host']}-{time.strftime('%Y%m%d')}.json"
-        write_json(path, result)
-        print(f"wrote {path}")
+    save_result(args.out, "train", result)
     return result
 
 

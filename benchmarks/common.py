@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from deltaenergy.io import write_json
 from deltaenergy.provenance import cpu_model, sha256_file
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -49,6 +50,16 @@ def machine() -> dict:
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "loadavg": os.getloadavg(),
     }
+
+
+def save_result(out: Path | str, prefix: str, result: dict) -> Path | None:
+    """Write ``result`` to ``out/<prefix>-<host>-<yyyymmdd>.json`` and say so; ``out == '-'``: write nothing."""
+    if str(out) == "-":
+        return None
+    path = Path(out) / f"{prefix}-{result['host']}-{time.strftime('%Y%m%d')}.json"
+    write_json(path, result)
+    print(f"wrote {path}")
+    return path
 
 
 def random_clip(arch: str, folder: Path, seed: int = 0, device: str = "cpu"):

@@ -486,13 +486,7 @@ class OpenClipBackbone(Backbone):
         x = embeds[:, :n].to(cast) + tower.positional_embedding[:n].to(cast)
         x = tower.transformer(x, attn_mask=tower.attn_mask[:n, :n])
         x = tower.ln_final(x)
-        pooled = x[torch.arange(x.shape[0], device=x.device), lengths - 1]
-        proj = tower.text_projection
-        if isinstance(proj, torch.nn.Linear):
-            pooled = proj(pooled)
-        elif proj is not None:
-            pooled = pooled @ proj
-        return F.normalize(pooled, dim=-1)
+        return self._project(x[torch.arange(x.shape[0], device=x.device), lengths - 1])
 
     def encode_prefixed(self, prefix: torch.Tensor, suffix: torch.Tensor, tokens: Tokens) -> torch.Tensor:
         """Shared-prefix encoding (see ``Backbone.encode_prefixed``), exact under the causal mask.
@@ -523,8 +517,11 @@ class OpenClipBackbone(Backbone):
         x = torch.cat([prefix.to(cast) + pos[:n_pre], suf], dim=1)  # [G, P + R, W]
         for i, block in enumerate(blocks):
             x = _prefixed_block(block, x, n_pre, pack, last=i == len(blocks) - 1)
-        pooled = tower.ln_final(x)  # [G, K, W]: the last block returned the EOT rows
-        proj = tower.text_projection
+        return self._project(tower.ln_final(x))  # [G, K, W]: the last block returned the EOT rows
+
+    def _project(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The text tower's projection of pooled EOT states [..., W], L2-normalised: [..., D]."""
+        proj = self.text_tower.text_projection
         if isinstance(proj, torch.nn.Linear):
             pooled = proj(pooled)
         elif proj is not None:

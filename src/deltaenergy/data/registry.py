@@ -23,12 +23,9 @@ Conventions:
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
-from deltaenergy.data.sources import SOURCES_OVERRIDE_ENV, RemoteFile
+from deltaenergy.data.sources import RemoteFile, override_files
 
 LAYOUTS = {
     "imagenet": ("classes", "train", "val"),
@@ -230,12 +227,10 @@ def real_dataset(name: str) -> RealDataset:
     if name not in REAL_DATASETS:
         raise ValueError(f"unknown real dataset '{name}'; known: {sorted(REAL_DATASETS)}")
     entry = REAL_DATASETS[name]
-    override = os.environ.get(SOURCES_OVERRIDE_ENV)
-    if override:
-        table = json.loads(Path(override).read_text())
-        if name in table:
-            files = tuple(RemoteFile(f["name"], tuple(f["urls"]), f["digest"]) for f in table[name])
-            entry = replace(entry, files=files, extra={**entry.extra, "override": override})
+    replaced = override_files(name)
+    if replaced:
+        files, override = replaced
+        entry = replace(entry, files=files, extra={**entry.extra, "override": override})
     return entry
 
 

@@ -157,17 +157,27 @@ def fetched_data_root() -> Path:
     return Path(os.environ.get(FETCHED_DATA_ENV, "resources/downloads"))
 
 
+def override_files(key: str) -> tuple[tuple[RemoteFile, ...], str] | None:
+    """(files, table path) replacing ``key``'s files in the ``$DELTAENERGY_SOURCES_OVERRIDE`` table (tests),
+    or None when no table is set or it has no entry ``key``."""
+    override = os.environ.get(SOURCES_OVERRIDE_ENV)
+    if not override:
+        return None
+    table = json.loads(Path(override).read_text())
+    if key not in table:
+        return None
+    return tuple(RemoteFile(f["name"], tuple(f["urls"]), f["digest"]) for f in table[key]), override
+
+
 def source(key: str) -> DataSource:
     """Registry entry ``key``, with its files replaced by ``$DELTAENERGY_SOURCES_OVERRIDE`` (tests)."""
     if key not in SOURCES:
         raise ValueError(f"unknown data source '{key}'; known: {sorted(SOURCES)}")
     entry = SOURCES[key]
-    override = os.environ.get(SOURCES_OVERRIDE_ENV)
-    if override:
-        table = json.loads(Path(override).read_text())
-        if key in table:
-            files = tuple(RemoteFile(f["name"], tuple(f["urls"]), f["digest"]) for f in table[key])
-            entry = DataSource(entry.key, entry.relative, entry.package, files, entry.member, {"override": override})
+    replaced = override_files(key)
+    if replaced:
+        files, override = replaced
+        entry = DataSource(entry.key, entry.relative, entry.package, files, entry.member, {"override": override})
     return entry
 
 
