@@ -88,9 +88,15 @@ def test_load_config_names_the_file(tmp_path, demo):
         (lambda c: c["fewshot"].update(method_shots={"cocoop": [8, 16]}),
          "config key 'fewshot.method_shots.cocoop': [8] not in fewshot.shots"),
         (lambda c: c["fewshot"].update(method_shots={"cocoop": [4]}),
-         "config key 'fewshot.method_shots.cocoop': [4] lacks [16], the shot count of the diagnostics"),
+         "config key 'fewshot.method_shots.cocoop': [4] lacks [16], needed by the diagnostics"),
         (lambda c: c["diagnostics"].update(shots=4) or c["ablations"]["ebm_grid"].update(shots=16)
          or c["fewshot"].update(method_shots={"coop": [4]}), "'fewshot.method_shots.coop': [4] lacks [16]"),
+        (lambda c: c["fewshot"].update(method_seeds={"cocoop": [7]}),
+         "config key 'fewshot.method_seeds.cocoop': [7] not in fewshot.seeds"),
+        (lambda c: c["fewshot"].update(method_seeds={"cocoop": [2]}),
+         "config key 'fewshot.method_seeds.cocoop': [2] lacks [1], needed by"),  # the EBM grid's seed
+        (lambda c: c["fewshot"].update(method_seeds={"coop": [1]}),
+         "config key 'fewshot.method_seeds.coop': [1] lacks [2, 3], needed by"),  # the Hessian's seeds
     ],
 )
 def test_diagnostics_requests_are_checked(demo, edit, message):
@@ -121,6 +127,14 @@ def test_method_shots_filled_for_every_trained_method(demo):
                                                                  "locoop": [1, 4, 16], "cocoop": [16]}
     del demo["fewshot"]["method_shots"]
     assert all(shots == demo["fewshot"]["shots"] for shots in validate_config(demo)["fewshot"]["method_shots"].values())
+
+
+def test_method_seeds_filled_for_every_trained_method(demo):
+    demo["fewshot"]["method_seeds"] = {"cocoop": [1]}
+    assert validate_config(demo)["fewshot"]["method_seeds"] == {"coop": [1, 2, 3], "ebm": [1, 2, 3],
+                                                                 "locoop": [1, 2, 3], "cocoop": [1]}
+    del demo["fewshot"]["method_seeds"]
+    assert all(seeds == demo["fewshot"]["seeds"] for seeds in validate_config(demo)["fewshot"]["method_seeds"].values())
 
 
 def test_ebm_grid_variants_change_only_the_grid_keys(demo):

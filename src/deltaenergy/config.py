@@ -59,7 +59,7 @@ def validate_config(config: dict, schema: dict | None = None) -> dict:
     check_method_train(config, schema)
     check_consistency(config)
     resolve_diagnostics(config)
-    resolve_method_shots(config)
+    resolve_method_grid(config)
     return config
 
 
@@ -190,23 +190,31 @@ def resolve_diagnostics(config: dict) -> None:
         abl["ebm_grid"]["shots"] = diag["shots"]
 
 
-def resolve_method_shots(config: dict) -> None:
-    """Fill ``fewshot.method_shots`` for every trained method (default: all of ``fewshot.shots``), after
-    checking each listed one: a trained method, a subset of ``fewshot.shots`` holding the shot count of
-    the diagnostics (which show every trained method) and of the EBM grid (whose baselines are every
-    trained method)."""
-    fewshot, methods = config["fewshot"], config["methods"]
-    _check_methods("fewshot.method_shots", list(fewshot["method_shots"]), config)
-    needed = {config["diagnostics"]["shots"]}
-    if config["ablations"]["ebm_grid"] is not None:
-        needed.add(config["ablations"]["ebm_grid"]["shots"])
-    for name, shots in fewshot["method_shots"].items():
-        _check_member(f"fewshot.method_shots.{name}", shots, fewshot["shots"], "fewshot.shots")
-        missing = sorted(needed - set(shots))
-        if missing:
-            raise ConfigError(f"config key 'fewshot.method_shots.{name}': {shots} lacks {missing}, the shot count "
-                              f"of the diagnostics / EBM grid (which show every trained method); add it")
-    fewshot["method_shots"] = {name: list(fewshot["method_shots"].get(name, fewshot["shots"])) for name in methods}
+def resolve_method_grid(config: dict) -> None:
+    """Fill ``fewshot.method_shots`` and ``fewshot.method_seeds`` for every trained method (default: all of
+    ``fewshot.shots`` / ``fewshot.seeds``), after checking each listed one: a trained method, a subset of
+    the study's values holding those the diagnostics and the EBM grid need (they show every trained
+    method: the diagnostics' shot count, the EBM grid's shot count and seed, the Hessian's seeds for the
+    methods it compares)."""
+    fewshot, methods, diag = config["fewshot"], config["methods"], config["diagnostics"]
+    grid = config["ablations"]["ebm_grid"] or {}
+
+    def needed(axis: str, name: str) -> set:
+        if axis == "shots":
+            return {diag["shots"], *([grid["shots"]] if grid else [])}
+        hessian = diag["hessian"]["seeds"] if name in diag["hessian"]["methods"] else []
+        return {*([grid["seed"]] if grid else []), *hessian}
+
+    for axis in ("shots", "seeds"):
+        key = f"method_{axis}"
+        _check_methods(f"fewshot.{key}", list(fewshot[key]), config)
+        for name, values in fewshot[key].items():
+            _check_member(f"fewshot.{key}.{name}", values, fewshot[axis], f"fewshot.{axis}")
+            missing = sorted(needed(axis, name) - set(values))
+            if missing:
+                raise ConfigError(f"config key 'fewshot.{key}.{name}': {values} lacks {missing}, needed by the "
+                                  f"diagnostics / EBM grid / Hessian (which show this method); add it")
+        fewshot[key] = {name: list(fewshot[key].get(name, fewshot[axis])) for name in methods}
 
 
 def ebm_grid_variants(config: dict) -> dict[str, dict]:

@@ -14,7 +14,6 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 import torch
-from scipy import stats
 
 from .methods.losses import energy, mask_features, similarities
 from .metrics import bootstrap_ci, detection_metrics
@@ -40,6 +39,8 @@ def overlap_coefficient(a, b, grid_size: int = 512) -> float:
                 f"(got {x.size} values, spread {np.ptp(x) if x.size else 'n/a'})"
             )
         xs.append(x)
+    from scipy import stats  # imported where used: scoring jobs import this module and never need scipy
+
     kdes = [stats.gaussian_kde(x) for x in xs]
     pad = 4 * max(float(np.sqrt(k.covariance[0, 0])) for k in kdes)
     grid = np.linspace(min(x.min() for x in xs) - pad, max(x.max() for x in xs) + pad, grid_size)
@@ -113,6 +114,8 @@ def correlation(frame: pd.DataFrame, x: str, y: str) -> dict:
     xs, ys = frame[x].to_numpy(float), frame[y].to_numpy(float)
     out = {"n": int(xs.size), "pearson_r": np.nan, "pearson_p": np.nan, "spearman_rho": np.nan, "spearman_p": np.nan}
     if xs.size >= 3 and np.ptp(xs) > 0 and np.ptp(ys) > 0:
+        from scipy import stats
+
         r = stats.pearsonr(xs, ys)
         rho = stats.spearmanr(xs, ys)
         out.update(pearson_r=float(r.statistic), pearson_p=float(r.pvalue),

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import math
 
-import open_clip
 import torch
 
 from .backbones import Backbone, Tokens
@@ -24,7 +23,9 @@ def template_ensemble(name: str) -> list[str]:
     """The named template list, as ``str.format`` patterns with one ``{}`` for the class name."""
     if name != "openai_imagenet_templates":
         raise KeyError(f"zeroshot.ensemble: unknown template ensemble {name!r}")
-    return [t("{}") for t in open_clip.OPENAI_IMAGENET_TEMPLATES]
+    from open_clip import OPENAI_IMAGENET_TEMPLATES  # here: importing open_clip costs a job ~2 s
+
+    return [t("{}") for t in OPENAI_IMAGENET_TEMPLATES]
 
 
 @torch.no_grad()

@@ -40,13 +40,14 @@ DATASETS = [ID_DATASET, *config["data"]["covariate"], *config["data"]["ood"]]
 # Sets classified among their own classes too (ImageNet-A/R: <set> and <set>@all in accuracy.csv).
 CLASS_SUBSETS = {d: subset for d in DATASETS if (subset := class_subset(d, config["data"])) is not None}
 SHOTS = config["fewshot"]["shots"]
-SEEDS = config["fewshot"]["seeds"]
 ZEROSHOT_METHODS = ["zeroshot", "zeroshot_ensemble"]
 TRAINED_METHODS = list(config["methods"])
 # Zero-shot runs have no shots and no seed: they are filed as shots0_seed0.
-METHOD_SHOTS = config["fewshot"]["method_shots"]  # every trained method's shot counts (filled by the validation)
+# Every trained method's shot counts and seeds (filled by the validation: fewshot.method_shots, method_seeds).
+METHOD_SHOTS = config["fewshot"]["method_shots"]
+METHOD_SEEDS = config["fewshot"]["method_seeds"]
 RUNS = [(m, 0, 0) for m in ZEROSHOT_METHODS] + [
-    (m, k, s) for m in TRAINED_METHODS for k in METHOD_SHOTS[m] for s in SEEDS
+    (m, k, s) for m in TRAINED_METHODS for k in METHOD_SHOTS[m] for s in METHOD_SEEDS[m]
 ]
 
 

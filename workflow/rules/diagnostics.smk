@@ -46,12 +46,12 @@ if EBM_GRID:
         "Ablation: EBM λ × mask_mode × anchor, chosen on ID validation accuracy (test sets shown, not used).",
         "ID validation accuracy per EBM grid point (± binomial SE); test AUROC beside it.",
     )
-DIAG_RUNS = [(m, DIAG_SHOTS, s) for m in TRAINED_METHODS for s in SEEDS]
+DIAG_RUNS = [(m, DIAG_SHOTS, s) for m in TRAINED_METHODS for s in METHOD_SEEDS[m]]
 HESSIAN_RUNS = [(m, DIAG_SHOTS, s) for m in HESSIAN["methods"] for s in HESSIAN["seeds"]]
 C_SWEEP_RUNS = [
     (m, 0, 0) if m in ZEROSHOT_METHODS else (m, DIAG_SHOTS, s)
     for m in ABL["c_sweep"]["methods"]
-    for s in ([0] if m in ZEROSHOT_METHODS else SEEDS)
+    for s in ([0] if m in ZEROSHOT_METHODS else METHOD_SEEDS[m])
 ]
 C_SWEEP_RUNS = list(dict.fromkeys(C_SWEEP_RUNS))
 

