@@ -203,18 +203,31 @@ def test_bad_options_raise_before_loading():
 
 
 def test_text_jobs_import_neither_open_clip_nor_transformers():
-    """What training and scoring jobs do (build the stand-in, run its text tower, import the prompt learners,
-    the trainer and the scorer) imports neither open_clip, transformers nor sentence-transformers: each costs
-    a job seconds and none is needed (bert.BertEncoder is the text tower)."""
+    """What training, scoring and feature jobs do (build the stand-in, run its text tower, encode ConSE's
+    labels, import the prompt learners, the trainer and the scorer, read the template ensemble) imports
+    neither open_clip, transformers, sentence-transformers nor scipy: each costs a job seconds and none is
+    needed (bert.BertEncoder is the text tower; openclip_lists reads open_clip's lists by path)."""
     import subprocess
     import sys
 
     code = ("import sys; from deltaenergy.backbones import build_backbone; "
             "import deltaenergy.methods.train, deltaenergy.evaluate, deltaenergy.diagnostics, deltaenergy.hessian; "
-            "b = build_backbone('standin-conse'); b.encode_text(['a bag']); "
+            "from deltaenergy.prompts import template_ensemble; template_ensemble('openai_imagenet_templates'); "
+            "b = build_backbone('standin-conse'); b.encode_text(['a bag']); b.class_text; "
             "print(sorted(m for m in ('open_clip', 'transformers', 'sentence_transformers', 'scipy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_open_clip_lists_read_without_open_clip_equal_its_own():
+    import open_clip.zero_shot_metadata as reference
+
+    from deltaenergy.openclip_lists import zero_shot_metadata
+
+    zero_shot_metadata.cache_clear()
+    ours = zero_shot_metadata()
+    assert ours.IMAGENET_CLASSNAMES == reference.IMAGENET_CLASSNAMES and len(ours.IMAGENET_CLASSNAMES) == 1000
+    assert [t("{}") for t in ours.OPENAI_IMAGENET_TEMPLATES] == [t("{}") for t in reference.OPENAI_IMAGENET_TEMPLATES]
 
 
 def test_bert_encoder_matches_transformers_bert_model(bb):

@@ -23,9 +23,9 @@ def template_ensemble(name: str) -> list[str]:
     """The named template list, as ``str.format`` patterns with one ``{}`` for the class name."""
     if name != "openai_imagenet_templates":
         raise KeyError(f"zeroshot.ensemble: unknown template ensemble {name!r}")
-    from open_clip import OPENAI_IMAGENET_TEMPLATES  # here: importing open_clip costs a job ~2 s
+    from .openclip_lists import zero_shot_metadata
 
-    return [t("{}") for t in OPENAI_IMAGENET_TEMPLATES]
+    return [t("{}") for t in zero_shot_metadata().OPENAI_IMAGENET_TEMPLATES]
 
 
 @torch.no_grad()

@@ -147,6 +147,17 @@ wildcard_constraints:
     seed=r"\d+",
 
 
+# Scheduling order among ready jobs (Snakemake's `priority`, higher first). Data jobs (datasets, features,
+# NegLabel's labels) gate every scoring job: first. Then an image-conditioned method's training and scoring
+# (CoCoOp: its per-image prompts make its train -> score chain the study's longest, ~100 + ~130 s in the
+# demo against ~25 s for CoOp's); the other jobs fill the remaining cores around it.
+DATA_PRIORITY = 2
+
+
+def chain_priority(wildcards):
+    return int(config["methods"].get(wildcards.method, {}).get("kind") == "cocoop")
+
+
 def gpu_request(wildcards):
     """The `gpu` resource of the GPU-capable rules: 1 where there is a GPU to take, else 0.
 

@@ -73,6 +73,7 @@ if config["data"]["kind"] == "registry":
             f"{R}/logs/build_dataset/{{dataset}}.log",
         benchmark:
             f"{R}/benchmarks/build_dataset/{{dataset}}.tsv"
+        priority: DATA_PRIORITY
         resources:
             mem_mb=4000,
             runtime=240,
@@ -110,6 +111,7 @@ else:
             f"{R}/logs/build_dataset/{{dataset}}.log",
         benchmark:
             f"{R}/benchmarks/build_dataset/{{dataset}}.tsv"
+        priority: DATA_PRIORITY
         resources:
             mem_mb=2000,
             runtime=20,

@@ -42,6 +42,7 @@ rule extract_features:
         f"{R}/benchmarks/extract_features/{{dataset}}.tsv"
     # One thread: on the demo's 2 cores two single-threaded jobs beat one two-threaded job, whose second
     # torch thread spin-waits (fashion_mnist: 104 CPU-s at 2 threads on busy cores vs 68 measured before).
+    priority: DATA_PRIORITY
     threads: 1
     resources:
         mem_mb=4000,
@@ -71,6 +72,7 @@ rule extract_views:
         f"{R}/logs/extract_features/{ID_DATASET}_views.log",
     benchmark:
         f"{R}/benchmarks/extract_features/{ID_DATASET}_views.tsv"
+    priority: DATA_PRIORITY
     threads: 1
     resources:
         mem_mb=4000,

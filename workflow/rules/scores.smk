@@ -19,7 +19,8 @@ rule mine_negative_labels:
         f"{R}/logs/mine_negative_labels.log",
     benchmark:
         f"{R}/benchmarks/mine_negative_labels.tsv"
-    threads: 2
+    priority: DATA_PRIORITY
+    threads: 1
     resources:
         mem_mb=3000,
         runtime=60,
@@ -58,6 +59,7 @@ rule score_run:
         f"{R}/logs/score/{{method}}/shots{{shots}}_seed{{seed}}.log",
     benchmark:
         f"{R}/benchmarks/score/{{method}}/shots{{shots}}_seed{{seed}}.tsv"
+    priority: chain_priority
     threads: 1
     resources:
         mem_mb=3000,

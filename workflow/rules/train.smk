@@ -23,6 +23,7 @@ rule train_prompt:
         f"{R}/benchmarks/train/{{method}}/shots{{shots}}_seed{{seed}}.tsv"
     wildcard_constraints:
         method="|".join(TRAINED_METHODS),
+    priority: chain_priority
     threads: 1
     resources:
         mem_mb=3000,

@@ -178,10 +178,10 @@ class StandinConSE(Backbone):
         Computed on first use, on the model's current device: text-only jobs (training, scoring) never
         pay for it.
         """
-        from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+        from ..openclip_lists import zero_shot_metadata
 
         with torch.no_grad():
-            return self.encode_text(list(IMAGENET_CLASSNAMES))
+            return self.encode_text(list(zero_shot_metadata().IMAGENET_CLASSNAMES))
 
     def train(self, mode: bool = True) -> "StandinConSE":
         """Set the module flag only: both frozen towers stay in eval mode (BatchNorm statistics, no dropout)."""

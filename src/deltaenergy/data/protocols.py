@@ -72,8 +72,9 @@ def imagenet_wnids() -> list[str]:
 
 @lru_cache(maxsize=1)
 def _imagenet_classes() -> tuple[tuple[str, ...], tuple[str, ...]]:
-    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+    from ..openclip_lists import zero_shot_metadata
 
+    IMAGENET_CLASSNAMES = zero_shot_metadata().IMAGENET_CLASSNAMES
     wnids = imagenet_wnids()
     if len(wnids) != 1000 or len(IMAGENET_CLASSNAMES) != 1000:
         raise ValueError(f"ImageNet class lists: {len(wnids)} wnids, {len(IMAGENET_CLASSNAMES)} names; expected 1000")
