@@ -132,11 +132,11 @@ def nb_params(output, **kw):
     return json.dumps({"results_dir": str(Path(output.html).parents[1]), "figure": output.figure, **kw})
 
 
-# papermill runs the notebook with a JSON (= YAML) parameter dict, nbconvert renders it without input.
+# A report notebook: executed with its papermill parameters (JSON) and rendered to HTML without its code,
+# in one process (deltaenergy.notebooks).
 NOTEBOOK_SHELL = (
-    "(papermill {input.notebook:q} {output.notebook:q} -y {params.nb:q} --no-progress-bar"
-    " && jupyter nbconvert --to html --no-input {output.notebook:q} --output-dir {params.outdir:q}"
-    " --output {params.name:q}) > {log:q} 2>&1"
+    "python -m deltaenergy.notebooks {input.notebook:q} {output.notebook:q} {output.html:q} {params.nb:q}"
+    " > {log:q} 2>&1"
 )
 
 

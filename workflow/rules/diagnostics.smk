@@ -214,8 +214,6 @@ rule energy_change:
         html=notebook_html("energy_change"),
         figure=figure("energy_change", "Fig. 1A"),
     params:
-        name="energy_change",
-        outdir=lambda w, output: os.path.dirname(output.html),
         nb=lambda w, input, output: nb_params(
             output, score_files=list(input.scores), score=DIAG["energy_change"]["score"]
         ),
@@ -241,8 +239,6 @@ rule masking_zeroshot:
         html=notebook_html("masking_zeroshot"),
         figure=figure("masking_zeroshot", "Fig. 3"),
     params:
-        name="masking_zeroshot",
-        outdir=lambda w, output: os.path.dirname(output.html),
         nb=lambda w, input, output: nb_params(output, data=input.data, tau=DIAG["masking"]["tau"]),
     log:
         f"{R}/logs/reports/masking_zeroshot.log",
@@ -267,8 +263,6 @@ rule hessian_consistency:
         html=notebook_html("hessian_consistency"),
         figure=figure("hessian_consistency", "Fig. 1B"),
     params:
-        name="hessian_consistency",
-        outdir=lambda w, output: os.path.dirname(output.html),
         nb=lambda w, input, output: nb_params(output, hessian_files=list(input.hessian)),
     log:
         f"{R}/logs/reports/hessian_consistency.log",
@@ -293,8 +287,6 @@ rule radar:
         html=notebook_html("radar"),
         figure=figure("radar", "Fig. 1C"),
     params:
-        name="radar",
-        outdir=lambda w, output: os.path.dirname(output.html),
         nb=lambda w, output: nb_params(output, score=DIAG["radar"]["score"], shots=DIAG_SHOTS),
     log:
         f"{R}/logs/reports/radar.log",
@@ -319,8 +311,6 @@ rule fewshot_curves:
         html=notebook_html("fewshot_curves"),
         figure=figure("fewshot_curves", "few-shot"),
     params:
-        name="fewshot_curves",
-        outdir=lambda w, output: os.path.dirname(output.html),
         nb=lambda w, output: nb_params(output, score=DIAG["radar"]["score"]),
     log:
         f"{R}/logs/reports/fewshot_curves.log",
@@ -344,8 +334,6 @@ rule ablation_c_sweep:
         html=notebook_html("ablation_c_sweep"),
         figure=figure("ablation_c_sweep", "ablation c"),
     params:
-        name="ablation_c_sweep",
-        outdir=lambda w, output: os.path.dirname(output.html),
         nb=lambda w, input, output: nb_params(
             output, sweep=input.sweep, configured_c=config["scores"][ABL["c_sweep"]["score"]]["c"]
         ),
@@ -376,8 +364,6 @@ if EBM_GRID:
             html=notebook_html("ablation_ebm_grid"),
             figure=figure("ablation_ebm_grid", "ablation EBM"),
         params:
-            name="ablation_ebm_grid",
-            outdir=lambda w, output: os.path.dirname(output.html),
             nb=lambda w, input, output: nb_params(
                 output,
                 variant_files=list(input.variants),

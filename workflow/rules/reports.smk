@@ -37,8 +37,7 @@ rule report_notebook:
         notebook=f"{R}/reports/notebooks/{{report}}.ipynb",
         html=report(f"{R}/reports/{{report}}.html", category="Tables", labels={"report": "{report}"}),
     params:
-        results=lambda w, input: str(Path(input.detection).parents[1]),
-        outdir=lambda w, output: os.path.dirname(output.html),
+        nb=lambda w, input: json.dumps({"results_dir": str(Path(input.detection).parents[1])}),
     log:
         f"{R}/logs/reports/{{report}}.log",
     benchmark:
@@ -51,9 +50,7 @@ rule report_notebook:
     conda:
         "../envs/report.yaml"
     shell:
-        "(papermill {input.notebook:q} {output.notebook:q} -p results_dir {params.results:q} --no-progress-bar"
-        " && jupyter nbconvert --to html --no-input {output.notebook:q} --output-dir {params.outdir:q}"
-        " --output {wildcards.report:q}) > {log:q} 2>&1"
+        NOTEBOOK_SHELL
 
 
 rule index:
