@@ -1,4 +1,4 @@
-"""The benchmark suite: `make bench` (about 10 minutes on 2 cores) and `make bench-quick` (about 2).
+"""The benchmark suite: `make bench` (7.5 minutes measured on 2 unshared cores) and `make bench-quick` (under 2).
 
 Usage: python benchmarks/run.py [--quick] [--threads 2] [--out benchmarks/results]
 

@@ -121,20 +121,14 @@ def test_diagnostics_nulls_resolve_to_the_study(demo):
     assert ebm_grid_variants(bare) == {}
 
 
-def test_method_shots_filled_for_every_trained_method(demo):
-    demo["fewshot"]["method_shots"] = {"cocoop": [16]}
-    assert validate_config(demo)["fewshot"]["method_shots"] == {"coop": [1, 4, 16], "ebm": [1, 4, 16],
-                                                                 "locoop": [1, 4, 16], "cocoop": [16]}
-    del demo["fewshot"]["method_shots"]
-    assert all(shots == demo["fewshot"]["shots"] for shots in validate_config(demo)["fewshot"]["method_shots"].values())
-
-
-def test_method_seeds_filled_for_every_trained_method(demo):
-    demo["fewshot"]["method_seeds"] = {"cocoop": [1]}
-    assert validate_config(demo)["fewshot"]["method_seeds"] == {"coop": [1, 2, 3], "ebm": [1, 2, 3],
-                                                                 "locoop": [1, 2, 3], "cocoop": [1]}
-    del demo["fewshot"]["method_seeds"]
-    assert all(seeds == demo["fewshot"]["seeds"] for seeds in validate_config(demo)["fewshot"]["method_seeds"].values())
+@pytest.mark.parametrize("key, axis, listed", [("method_shots", "shots", [16]), ("method_seeds", "seeds", [1])])
+def test_method_grid_filled_for_every_trained_method(demo, key, axis, listed):
+    demo["fewshot"][key] = {"cocoop": listed}
+    assert demo["fewshot"][axis] == ([1, 4, 16] if axis == "shots" else [1, 2, 3])
+    assert validate_config(demo)["fewshot"][key] == {"coop": demo["fewshot"][axis], "ebm": demo["fewshot"][axis],
+                                                     "locoop": demo["fewshot"][axis], "cocoop": listed}
+    del demo["fewshot"][key]
+    assert all(values == demo["fewshot"][axis] for values in validate_config(demo)["fewshot"][key].values())
 
 
 def test_ebm_grid_variants_change_only_the_grid_keys(demo):

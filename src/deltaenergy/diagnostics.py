@@ -15,8 +15,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .hessian import hessian_consistencies, prompt_loss_fn
 from .methods.losses import energy, mask_features, similarities
 from .metrics import bootstrap_ci, detection_metrics
+from .prompts import ConditionalPromptLearner, image_conditioned_text
 from .scores import compute_score
 
 MASK_MODES = ("keep_positive", "keep_negative")
@@ -210,10 +212,6 @@ def prompt_hessian_rows(
 
     ``id_data``/``covariate``: (features [N, D], labels [N]); ``cfg``: ``diagnostics.hessian``. Each domain
     is subsampled to ``max_samples`` (seeded). One row per domain: domain, n, and the consistency fields."""
-    # Imported here: the report notebooks import this module, and prompts pulls open_clip and transformers.
-    from .hessian import hessian_consistencies, prompt_loss_fn
-    from .prompts import ConditionalPromptLearner, image_conditioned_text
-
     def sub(feats, labels):
         idx = subsample(len(labels), cfg["max_samples"], cfg["seed"])
         return feats[idx], labels[idx]
