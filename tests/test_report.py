@@ -90,3 +90,36 @@ def test_generalization_summary_within_noise():
                         "dataset": "fmnist", "role": "id", "acc": [0.40, 0.30, 0.36, 0.36]})
     assert generalization_summary(acc) == [
         "ID test, 4-shot: ebm is most accurate (36.0 ± 0.0 %), within seed noise of coop (35.0 ± 7.1 %)."]
+
+
+def _notebook(path, body: str):
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    nb = new_notebook(cells=[new_code_cell("word = 'default'", metadata={"tags": ["parameters"]}), new_code_cell(body)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, str(path))
+    return path
+
+
+def test_render_notebook_injects_parameters_and_writes_html_without_code(tmp_path):
+    from deltaenergy.notebooks import main
+
+    source = _notebook(tmp_path / "nb.ipynb", "print('the word is ' + word.upper())")
+    main([str(source), str(tmp_path / "out" / "nb.ipynb"), str(tmp_path / "out" / "nb.html"), '{"word": "radar"}'])
+    html = (tmp_path / "out" / "nb.html").read_text()
+    assert "the word is RADAR" in html and "word.upper()" not in html  # output shown, code hidden (--no-input)
+
+
+def test_render_notebook_failure_leaves_no_html_and_bad_parameters_are_named(tmp_path):
+    import papermill
+
+    from deltaenergy.notebooks import main
+
+    source = _notebook(tmp_path / "nb.ipynb", "raise ValueError('no ' + word)")
+    with pytest.raises(papermill.PapermillExecutionError, match="no shots"):
+        main([str(source), str(tmp_path / "nb.out.ipynb"), str(tmp_path / "nb.html"), '{"word": "shots"}'])
+    assert (tmp_path / "nb.out.ipynb").exists() and not (tmp_path / "nb.html").exists()
+    assert not list(tmp_path.glob(".nb.html*"))  # no temporary file left either
+    with pytest.raises(SystemExit, match="parameters of .*nb.ipynb are not JSON"):
+        main([str(source), str(tmp_path / "x.ipynb"), str(tmp_path / "x.html"), "{word: }"])

@@ -21,6 +21,7 @@ def render_notebook(notebook: str | Path, executed: str | Path, html: str | Path
     import papermill
     from nbconvert import HTMLExporter
 
+    Path(executed).parent.mkdir(parents=True, exist_ok=True)
     papermill.execute_notebook(str(notebook), str(executed), parameters=parameters, progress_bar=False)
     # nbconvert's --no-input: no code cells and no In/Out prompts
     exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
