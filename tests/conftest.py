@@ -14,7 +14,7 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 REDUCED = {
     "data": {"sizes": {"fashion_mnist": {"train_per_class": 6, "val_per_class": 2, "test_per_class": 8},
                        "covariate": {"n_per_class": 3}, "ood": {"n": 24}}},
-    "fewshot": {"shots": [4], "seeds": [1, 2], "method_shots": {"cocoop": [4]}},
+    "fewshot": {"shots": [4], "seeds": [1, 2], "method_shots": {"cocoop": [4]}, "method_seeds": {"cocoop": [1]}},
     "train": {"epochs": 3},
     "features": {"views": 2},
     "neglabel": {"max_candidates": 300},
@@ -37,7 +37,8 @@ def restrict_methods(cfg: dict, methods: dict) -> dict:
     """``cfg`` training only ``methods``: the diagnostics and ablations that name methods fall back to their
     defaults (every trained method) and the EBM grid is dropped unless its base method is kept."""
     cfg["methods"] = methods
-    cfg["fewshot"]["method_shots"] = {m: k for m, k in cfg["fewshot"].get("method_shots", {}).items() if m in methods}
+    for key in ("method_shots", "method_seeds"):
+        cfg["fewshot"][key] = {m: v for m, v in cfg["fewshot"].get(key, {}).items() if m in methods}
     cfg["diagnostics"]["hessian"]["methods"] = None
     cfg["ablations"]["c_sweep"]["methods"] = None
     if (cfg["ablations"].get("ebm_grid") or {}).get("base") not in methods:

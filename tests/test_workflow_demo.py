@@ -28,8 +28,10 @@ def test_outputs_follow_the_contract(two_runs):
     scores = {"msp", "maxlogit", "energy", "energy_t1", "entropy", "mcm", "glmcm", "neglabel", "delta_energy"}
     assert set(det["score"]) == scores
     assert set(det["dataset"]) == {"stamps_animals", "digits", "clipart", "textures"}
-    # 2 zero-shot runs + 4 methods x 1 shot x 2 seeds = 10 runs; 9 score columns; 4 OOD sets.
-    assert len(det) == 10 * 9 * 4 and len(acc) == 10 * 5
+    # 2 zero-shot runs + 3 methods x 1 shot x 2 seeds + CoCoOp at seed 1 (fewshot.method_seeds) = 9 runs;
+    # 9 score columns; 4 OOD sets.
+    assert len(det) == 9 * 9 * 4 and len(acc) == 9 * 5
+    assert set(det.loc[det["method"] == "cocoop", "seed"]) == {1} and set(det.loc[det["method"] == "coop", "seed"]) == {1, 2}
     table = pd.read_parquet(res / "scores" / "coop" / "shots4_seed1" / "fashion_mnist.parquet")
     assert {"dataset", "role", "label", "pred"} | scores <= set(table.columns)
     index = (res / "reports" / "index.html").read_text()
