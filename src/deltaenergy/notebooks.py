@@ -33,7 +33,8 @@ def render_notebook(notebook: str | Path, executed: str | Path, html: str | Path
 
 def main(argv: list[str]) -> None:
     if len(argv) != 4:
-        raise SystemExit(f"usage: python -m deltaenergy.notebooks NOTEBOOK EXECUTED_IPYNB HTML PARAMETERS_JSON; got {argv}")
+        raise SystemExit("usage: python -m deltaenergy.notebooks NOTEBOOK EXECUTED_IPYNB HTML PARAMETERS_JSON; "
+                         f"got {argv}")
     notebook, executed, html, parameters = argv
     try:
         parameters = json.loads(parameters)

@@ -5,7 +5,7 @@ utilities and ``torch._dynamo``), and every training, scoring and Hessian job of
 text tower; the demo runs ~80 such jobs. This is the same computation as Hugging Face's ``BertModel`` in
 eval mode: post-LayerNorm layers, exact (erf) GELU, absolute position embeddings, token type 0 for every
 token, padded keys masked out of the attention. tests/test_standin_backbone.py checks it against
-sentence-transformers' encoder of the same weights.
+transformers' ``BertModel`` and sentence-transformers' encoder of the same weights.
 
 Module names follow the checkpoint's keys, so the state dict loads strictly (the unused pooler aside).
 """

@@ -8,8 +8,8 @@ L2-normalised. Local features apply the same ``_fc`` + ConSE map to every cell o
 (after the head conv/BN/ReLU6, before pooling): ``P = h * w`` cells, 16 at 112 px.
 
 Text features are sentence-transformers' all-MiniLM-L6-v2 pipeline (BERT, here ``bert.BertEncoder``,
-attention-masked mean of the last hidden state, L2 normalisation). Both towers are frozen and always in eval mode (no dropout),
-whatever ``train()`` is called with.
+attention-masked mean of the last hidden state, L2 normalisation). Both towers are frozen and always in
+eval mode (no dropout), whatever ``train()`` is called with.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ LITE0_STAGES = (
 )
 # Batches of at least this many texts run through BERT grouped by length, without padding. Measured
 # (forward + backward, 1 thread, the demo's 10 class prompts repeated): 10 texts 72 ms padded vs 87 grouped,
-# 40 texts 250 vs 232 ms, 640 texts 4.0 vs 3.3 s; ImageNet's 1,000 class names 7.1 vs 4.3 s.
+# 40 texts 250 vs 232 ms, 640 texts 4.0 vs 3.3 s.
 GROUP_MIN_TEXTS = 32
 PREPROCESS = "RGB (alpha composited on white), short side->image_size bilinear antialias, centre crop, (x/255-0.5)/0.5"
 
