@@ -138,3 +138,10 @@ def test_ebm_grid_variants_change_only_the_grid_keys(demo):
     assert list(variants) == ["ebm_lam0.5_keep_negative_label", "ebm_lam2_keep_negative_label"]
     for spec, lam in zip(variants.values(), [0.5, 2.0]):
         assert spec == {**base, "lambda": lam, "mask_mode": "keep_negative", "anchor": "label"}
+
+
+def test_image_conditioned_kinds_are_the_conditional_training_methods():
+    from deltaenergy.config import IMAGE_CONDITIONED_KINDS
+    from deltaenergy.methods.train import METHODS
+
+    assert set(IMAGE_CONDITIONED_KINDS) == {kind for kind, spec in METHODS.items() if spec.conditional}

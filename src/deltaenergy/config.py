@@ -16,6 +16,10 @@ import yaml
 
 # Untrained runs, filed as shots0_seed0 (the workflow's zero-shot methods).
 ZEROSHOT_METHODS = ("zeroshot", "zeroshot_ensemble")
+# Method kinds whose prompts depend on the image (methods.train.METHODS' `conditional`; named here so the
+# config and the Snakefile stay free of torch): the Hessian skips them by default, the scheduler runs their
+# long train -> score chains first.
+IMAGE_CONDITIONED_KINDS = ("cocoop",)
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
 
 
@@ -181,7 +185,8 @@ def resolve_diagnostics(config: dict) -> None:
         diag["shots"] = max(config["fewshot"]["shots"])
     hess = diag["hessian"]
     if hess["methods"] is None:  # all but the image-conditioned (CoCoOp): see schema.yaml
-        hess["methods"] = [name for name, spec in config["methods"].items() if spec["kind"] != "cocoop"]
+        hess["methods"] = [name for name, spec in config["methods"].items()
+                           if spec["kind"] not in IMAGE_CONDITIONED_KINDS]
     hess["seeds"] = list(config["fewshot"]["seeds"]) if hess["seeds"] is None else hess["seeds"]
     hess["domains"] = list(config["data"]["covariate"]) if hess["domains"] is None else hess["domains"]
     sweep = abl["c_sweep"]

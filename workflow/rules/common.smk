@@ -19,7 +19,7 @@ os.environ.update(
     PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
 )
 
-from deltaenergy.config import validate_config, ConfigError  # noqa: E402
+from deltaenergy.config import IMAGE_CONDITIONED_KINDS, validate_config, ConfigError  # noqa: E402
 from deltaenergy.data.classes import class_subset, id_class_names  # noqa: E402
 from deltaenergy.data.sources import DATASET_SOURCES, FETCHED_DATA_ENV, SOURCES, system_available  # noqa: E402
 
@@ -155,7 +155,7 @@ DATA_PRIORITY = 2
 
 
 def chain_priority(wildcards):
-    return int(config["methods"].get(wildcards.method, {}).get("kind") == "cocoop")
+    return int(config["methods"].get(wildcards.method, {}).get("kind") in IMAGE_CONDITIONED_KINDS)
 
 
 def gpu_request(wildcards):

@@ -74,11 +74,11 @@ def imagenet_wnids() -> list[str]:
 def _imagenet_classes() -> tuple[tuple[str, ...], tuple[str, ...]]:
     from ..openclip_lists import zero_shot_metadata
 
-    IMAGENET_CLASSNAMES = zero_shot_metadata().IMAGENET_CLASSNAMES
+    names = zero_shot_metadata().IMAGENET_CLASSNAMES
     wnids = imagenet_wnids()
-    if len(wnids) != 1000 or len(IMAGENET_CLASSNAMES) != 1000:
-        raise ValueError(f"ImageNet class lists: {len(wnids)} wnids, {len(IMAGENET_CLASSNAMES)} names; expected 1000")
-    return tuple(wnids), tuple(IMAGENET_CLASSNAMES)
+    if len(wnids) != 1000 or len(names) != 1000:
+        raise ValueError(f"ImageNet class lists: {len(wnids)} wnids, {len(names)} names; expected 1000")
+    return tuple(wnids), tuple(names)
 
 
 def imagenet_classes() -> tuple[list[str], list[str]]:
