@@ -33,6 +33,7 @@ def test_workstation_settings():
     args = parsed()
     assert args.cores == os.cpu_count() and args.rerun_incomplete and not args.keep_going
     assert args.resources["gpu"].value == 1 and args.latency_wait == 10 and args.executor is None
+    assert args.scheduler == "greedy"
 
 
 def test_slurm_settings_as_snakemake_composes_them():
