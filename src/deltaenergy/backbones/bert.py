@@ -123,7 +123,8 @@ class BertEncoder(nn.Module):
     def _embed(self, inputs_embeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """BERT's input: word embeddings + position embeddings (``positions``, broadcast) + token type 0."""
         emb = self.embeddings
-        return emb.LayerNorm(inputs_embeds + emb.position_embeddings.weight[positions] + emb.token_type_embeddings.weight[0])
+        x = inputs_embeds + emb.position_embeddings.weight[positions] + emb.token_type_embeddings.weight[0]
+        return emb.LayerNorm(x)
 
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """``inputs_embeds`` [B, L, W] word embeddings, ``attention_mask`` [B, L] (1 = real token)."""
