@@ -285,7 +285,8 @@ def test_folded_batchnorm_computes_the_loaded_network():
     folded.load_state_dict(state, strict=True)
     folded.fold_batchnorm()
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
-    plain.eval(), folded.eval()
+    plain.eval()
+    folded.eval()
     x = _images(3, 4)
     with torch.no_grad():
         torch.testing.assert_close(folded.features(x), plain.features(x), atol=1e-4, rtol=1e-4)

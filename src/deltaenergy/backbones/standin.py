@@ -106,6 +106,7 @@ class MBConv(nn.Module):
         return x + y if self.residual else y
 
     def fold_batchnorm(self) -> None:
+        """The block's part of ``EfficientNetLite0.fold_batchnorm``."""
         if self.expand:
             self._bn0 = _fold(self._expand_conv, self._bn0)
         self._bn1 = _fold(self._depthwise_conv, self._bn1)
